@@ -1,0 +1,149 @@
+"""The `gristmill` command (typer): a thin layer over the stage functions.
+
+Errors a user can fix (`GristmillError`) print one line, `error: ...`, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gristmill.errors import GristmillError
+
+app = typer.Typer(
+    name="gristmill",
+    help="Data curation and sampling for training ML models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(func: F) -> F:
+    """Turn GristmillError into `error: ...` on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GristmillError as exc:
+            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each step does.")]
+    = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+@_friendly
+def ingest(
+    src: Annotated[list[str], typer.Argument(help="JSONL (.gz/.zst), Parquet, CSV, HF "
+                                             "save_to_disk folders, text folders, or globs.")],
+    out: Annotated[Path, typer.Option("--out", help="Corpus store directory to write.")],
+    text_field: Annotated[str, typer.Option(help="Input field holding the text.")] = "text",
+    domain_field: Annotated[str | None, typer.Option(help="Input field holding the domain.")]
+    = None,
+    domain: Annotated[str | None, typer.Option(help="One domain name for every document.")]
+    = None,
+    id_field: Annotated[str | None, typer.Option(help="Input field holding unique ids "
+                                                  "(default: hash of source + position).")]
+    = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    skip_bad_records: Annotated[bool, typer.Option(help="Count and skip bad lines, records "
+                                                   "and unreadable files.")] = False,
+    keep_empty: Annotated[bool, typer.Option(help="Keep empty or whitespace-only documents.")]
+    = False,
+    rows_per_shard: Annotated[int | None, typer.Option(help="Cap rows per Parquet shard.")]
+    = None,
+) -> None:
+    """Ingest corpora into a versioned Parquet corpus store."""
+    from gristmill.storage import ingest as run_ingest
+
+    store = run_ingest(
+        src, out, text_field=text_field, domain_field=domain_field, domain=domain,
+        id_field=id_field, keep_empty=keep_empty, skip_bad_records=skip_bad_records,
+        overwrite=overwrite, rows_per_shard=rows_per_shard, progress=sys.stderr.isatty(),
+    )
+    dropped = store.manifest["dropped"]
+    out_console.print(
+        f"wrote {store.num_rows:,} documents in {len(store.shards)} shard(s) to {store.path} "
+        f"(dropped: {dropped['empty']} empty, {dropped['bad_records']} bad records, "
+        f"{dropped['bad_files']} bad files)", highlight=False,
+    )
+
+
+@app.command()
+@_friendly
+def info(
+    store: Annotated[Path, typer.Argument(help="A corpus store directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+    = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Re-hash every shard against the "
+                                         "manifest.")] = False,
+) -> None:
+    """Rows, bytes and characters per domain, and length percentiles."""
+    from gristmill.storage import open_store, summarize
+
+    summary = summarize(open_store(store), verify=verify)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title=f"{summary['path']}  ({summary['shards']} shards, "
+                        f"{summary['disk_bytes'] / 1e6:.1f} MB on disk)")
+    for name in ("domain", "rows", "MB", "chars", "p5", "p50", "p95", "max"):
+        table.add_column(name, justify="left" if name == "domain" else "right")
+    rows = [(d, s, s["n_chars"]) for d, s in summary["domains"].items()]
+    rows.append(("all", summary, summary["n_chars"]))
+    for name, stats, lengths in rows:
+        table.add_row(name, f"{stats['rows']:,}", f"{stats['bytes'] / 1e6:.2f}",
+                      f"{stats['chars']:,}", *(f"{lengths[k]:,.0f}" for k in
+                                               ("p5", "p50", "p95", "max")))
+    out_console.print(table)
+    if summary["verified"]:
+        out_console.print("checksums: all shards match the manifest")
+
+
+@app.command()
+@_friendly
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Where the demo writes its outputs.")]
+    = Path("out/demo"),
+) -> None:
+    """Run the pipeline on the bundled demo corpus (CPU)."""
+    from gristmill.demo import run_demo
+
+    result = run_demo(out, progress=sys.stderr.isatty())
+    for stage, path in result.outputs.items():
+        out_console.print(f"{stage:>10}: {path}", highlight=False)
+    _print_summary(result.summary["corpus"])
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,60 @@
+"""`gristmill demo`: run the pipeline on the bundled demo corpus, on CPU, end to end.
+
+Stages so far: ingest + info. Each later stage (embed, cluster, select, pack, stream) extends
+`run_demo`. Re-running reuses outputs that are up to date.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gristmill.errors import InputError
+from gristmill.storage import ingest, summarize
+
+DEMO_DOMAINS = ("python_docs", "python_code", "speeches", "math", "code_tasks", "dialogue")
+
+
+def demo_corpus_path() -> Path:
+    """Where the demo corpus lies: $GRISTMILL_DEMO_DATA, inside the wheel, or the source tree."""
+    candidates = [
+        Path(os.environ["GRISTMILL_DEMO_DATA"]) if "GRISTMILL_DEMO_DATA" in os.environ else None,
+        Path(__file__).parent / "_demo",  # wheel installs (pyproject force-include)
+        Path(__file__).resolve().parents[2] / "data" / "demo",  # editable install / checkout
+    ]
+    for path in candidates:
+        if path is not None and any(path.glob("*.parquet")):
+            return path
+    raise InputError(
+        "demo corpus not found (looked in $GRISTMILL_DEMO_DATA, the package and data/demo); "
+        "run from a gristmill checkout or set GRISTMILL_DEMO_DATA"
+    )
+
+
+@dataclass
+class DemoResult:
+    """Where each output went, and the summaries to print."""
+
+    outputs: dict[str, Path] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def run_demo(out: str | Path = "out/demo", *, progress: bool = True) -> DemoResult:
+    """Ingest the demo corpus into `out/corpus` and summarize it.
+
+    Example:
+        >>> result = run_demo("out/demo")          # doctest: +SKIP
+        >>> result.outputs["corpus"]               # doctest: +SKIP
+        PosixPath('out/demo/corpus')
+    """
+    out = Path(out)
+    result = DemoResult()
+    corpus = ingest(
+        sorted(demo_corpus_path().glob("*.parquet")), out / "corpus",
+        domain_field="domain", id_field="id", progress=progress, reuse=True,
+    )
+    result.outputs["corpus"] = corpus.path
+    result.summary["corpus"] = summarize(corpus)
+    return result

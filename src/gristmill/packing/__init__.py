@@ -1,0 +1,5 @@
+"""Tokenization, best-fit-decreasing packing, length buckets, varlen metadata (issue #5).
+
+Nothing here yet: the issue named above fills it in. Data flows one way,
+storage -> embed -> selectors -> packing -> samplers, and no stage imports a later one.
+"""
