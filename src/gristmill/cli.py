@@ -70,10 +70,13 @@ def ingest(
     id_field: Annotated[str | None, typer.Option(help="Input field holding unique ids "
                                                   "(default: hash of source + position).")]
     = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
-    skip_bad_records: Annotated[bool, typer.Option(help="Count and skip bad lines, records "
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+    = False,
+    skip_bad_records: Annotated[bool, typer.Option("--skip-bad-records",
+                                                   help="Count and skip bad lines, records "
                                                    "and unreadable files.")] = False,
-    keep_empty: Annotated[bool, typer.Option(help="Keep empty or whitespace-only documents.")]
+    keep_empty: Annotated[bool, typer.Option("--keep-empty",
+                                             help="Keep empty or whitespace-only documents.")]
     = False,
     rows_per_shard: Annotated[int | None, typer.Option(help="Cap rows per Parquet shard.")]
     = None,

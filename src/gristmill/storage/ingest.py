@@ -182,6 +182,9 @@ def _ingest_into(
             bar.update(task, description=source.key)
             for chunk in read_source(source, opts):
                 source.stats["records"] += chunk.table.num_rows
+                if chunk.table.num_rows == 0:  # every line of the block was bad and skipped
+                    bar.update(task, advance=chunk.bytes_read)
+                    continue
                 table, positions, ids_from_input = normalizer(chunk)
                 if ids_from_input:
                     dupes.add(table.column(ID).combine_chunks(), source, positions)

@@ -92,6 +92,16 @@ class Normalizer:
         nulls = column.is_null()
         if not pc.any(nulls).as_py():
             return None
+        if column.null_count == len(column) and not self.fields.skip_bad_records:
+            # Arrow's JSON reader adds the (explicitly typed) text column even when no record
+            # has it: report the fields the records do have.
+            seen = [n for n in chunk.table.column_names if n != self.fields.text_field
+                    and chunk.table.column(n).null_count < len(column)]
+            raise SchemaError(
+                f"{chunk.source.where(int(chunk.positions[0]))}: no {self.fields.text_field!r} "
+                f"field (fields: {', '.join(seen) or 'none'}); name the text field with "
+                "--text-field"
+            )
         for index in np.flatnonzero(nulls.to_numpy(zero_copy_only=False)):
             _bad(chunk.source, int(chunk.positions[index]),
                  f"no {self.fields.text_field!r} field (null or missing); name the text field "
