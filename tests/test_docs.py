@@ -77,3 +77,16 @@ def test_contributing_names_exist():
         assert (REPO / path).exists() or (REPO / "src" / "gristmill" / path).exists(), path
     for folder in re.findall(r"`(src/gristmill/\w+/)`", text):
         assert (REPO / folder).is_dir(), folder
+
+
+def test_readme_quick_start_runs(tmp_path, monkeypatch):
+    """The Python quick start, run as written from a checkout-like directory."""
+    block = re.search(r"## Quick start \(Python\)\n+```python\n(.*?)```",
+                      (REPO / "README.md").read_text(), re.S)
+    assert block, "README has no Python quick start"
+    assert len(block.group(1).strip().splitlines()) <= 12
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "demo").symlink_to(REPO / "data" / "demo")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block.group(1), "README.md", "exec"), {})
+    assert (tmp_path / "out" / "quick" / "corpus" / "manifest.json").is_file()

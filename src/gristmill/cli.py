@@ -93,7 +93,7 @@ def ingest(
     out_console.print(
         f"wrote {store.num_rows:,} documents in {len(store.shards)} shard(s) to {store.path} "
         f"(dropped: {dropped['empty']} empty, {dropped['bad_records']} bad records, "
-        f"{dropped['bad_files']} bad files)", highlight=False,
+        f"{dropped['bad_files']} bad files)", highlight=False, soft_wrap=True,
     )
 
 
@@ -143,7 +143,8 @@ def demo(
 
     result = run_demo(out, progress=sys.stderr.isatty())
     for stage, path in result.outputs.items():
-        out_console.print(f"{stage:>10}: {path}", highlight=False)
+        out_console.print(f"{stage:>10}: {path} ({result.status[stage]})", highlight=False,
+                          soft_wrap=True)
     _print_summary(result.summary["corpus"])
 
 

@@ -38,6 +38,7 @@ class DemoResult:
     """Where each output went, and the summaries to print."""
 
     outputs: dict[str, Path] = field(default_factory=dict)
+    status: dict[str, str] = field(default_factory=dict)  # "written" or "up to date"
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -51,10 +52,17 @@ def run_demo(out: str | Path = "out/demo", *, progress: bool = True) -> DemoResu
     """
     out = Path(out)
     result = DemoResult()
+    before = _mtime(out / "corpus" / "manifest.json")
     corpus = ingest(
         sorted(demo_corpus_path().glob("*.parquet")), out / "corpus",
         domain_field="domain", id_field="id", progress=progress, reuse=True,
     )
     result.outputs["corpus"] = corpus.path
+    result.status["corpus"] = "up to date" if _mtime(corpus.path / "manifest.json") == before \
+        else "written"
     result.summary["corpus"] = summarize(corpus)
     return result
+
+
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.exists() else None

@@ -219,3 +219,15 @@ def test_demo_slice_roundtrip(demo_records, tmp_path):
     assert [r["id"] for r in rows] == [r["id"] for r in demo_records]
     assert [r["text"] for r in rows] == [r["text"] for r in demo_records]
     assert set(store.domains) == {r["domain"] for r in demo_records}
+
+
+def test_folder_of_data_files_ignores_other_files(tmp_path):
+    folder = tmp_path / "shards"
+    (folder / "web").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(KEPT), folder / "web" / "a.parquet")
+    (folder / "b.jsonl").write_text(json.dumps({"text": "from jsonl"}) + "\n")
+    (folder / "README.md").write_text("not a document")
+    store = ingest([folder], tmp_path / "s")
+    rows = read_all(tmp_path / "s")
+    assert sorted(r["text"] for r in rows) == sorted([r["text"] for r in KEPT] + ["from jsonl"])
+    assert store.domains.keys() == {"web", "b"}  # sub-folder, else file stem

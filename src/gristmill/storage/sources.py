@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from gristmill.errors import InputError, SchemaError
+
+log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 32 << 20
 TABLE_BATCH_ROWS = 65_536
@@ -116,7 +119,7 @@ def _expand(arg: str | Path) -> list[Path]:
 
 
 def _dir_sources(root: Path) -> list[Source]:
-    """A folder: data files keep their format; every other file is one text document."""
+    """A folder: its JSONL/Parquet/CSV files if it has any, else one document per text file."""
     sources: list[Source] = []
     text_files: list[Path] = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -130,7 +133,11 @@ def _dir_sources(root: Path) -> list[Source]:
         domain = rel.parts[0] if len(rel.parts) > 1 else _stem(path)
         key = f"{root.name}/{rel.as_posix()}"
         sources.append(Source(kind, key, domain, path, path.stat().st_size))
-    if text_files:
+    if sources and text_files:
+        # A folder of data files (say Parquet shards beside a README): read the data only.
+        log.info("%s: ignoring %d non-data files such as %s", root, len(text_files),
+                 text_files[0].name)
+    elif text_files:
         size = sum(p.stat().st_size for p in text_files)
         src = Source("text", root.name, root.name, root, size)
         src.files = text_files  # type: ignore[attr-defined]

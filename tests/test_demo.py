@@ -1,0 +1,39 @@
+"""`gristmill demo` on the whole committed demo corpus: outputs, summary, and a rerun that
+reuses what is up to date."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from gristmill import open_store
+from gristmill.cli import app
+from gristmill.demo import DEMO_DOMAINS, demo_corpus_path
+
+runner = CliRunner()
+
+
+def test_demo_corpus_is_committed_and_small():
+    files = sorted(demo_corpus_path().glob("*.parquet"))
+    assert {f.stem for f in files} == set(DEMO_DOMAINS)
+    assert sum(f.stat().st_size for f in files) < 9 * 2**20
+
+
+def test_demo_runs_end_to_end_and_reruns_up_to_date(tmp_path):
+    out = tmp_path / "demo"
+    first = runner.invoke(app, ["demo", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert f"corpus: {out / 'corpus'} (written)" in " ".join(first.output.split())
+    store = open_store(out / "corpus")
+    assert set(store.domains) == set(DEMO_DOMAINS)
+    assert 4000 <= store.num_rows <= 6000
+    assert store.manifest["dropped"] == {"empty": 0, "bad_records": 0, "bad_files": 0}
+    manifest = (out / "corpus" / "manifest.json").read_bytes()
+    second = runner.invoke(app, ["demo", "--out", str(out)])
+    assert second.exit_code == 0, second.output
+    assert "(up to date)" in second.output
+    assert (out / "corpus" / "manifest.json").read_bytes() == manifest
+    info = json.loads(runner.invoke(app, ["info", str(out / "corpus"), "--json"]).output)
+    assert info["rows"] == store.num_rows
+    assert all(d["n_chars"]["max"] <= 2000 for d in info["domains"].values())
