@@ -231,3 +231,11 @@ def test_folder_of_data_files_ignores_other_files(tmp_path):
     rows = read_all(tmp_path / "s")
     assert sorted(r["text"] for r in rows) == sorted([r["text"] for r in KEPT] + ["from jsonl"])
     assert store.domains.keys() == {"web", "b"}  # sub-folder, else file stem
+
+
+def test_dataset_with_indices_mapping_keeps_its_order(tmp_path):
+    ds = datasets.Dataset.from_list([{"text": f"doc {i}"} for i in range(20)])
+    shuffled = ds.shuffle(seed=3).select(range(10))
+    store = ingest([shuffled], tmp_path / "s")
+    assert [r["text"] for r in read_all(tmp_path / "s")] == shuffled["text"]
+    assert store.num_rows == 10

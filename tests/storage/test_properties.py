@@ -63,3 +63,35 @@ def test_writer_keeps_rows_in_order_within_limits(tmp_path_factory, chunks, row_
     # every shard but the last is full when a row limit is set
     if rows_per_shard:
         assert all(s["rows"] == rows_per_shard for s in shards[:-1])
+
+
+@given(docs=st.lists(st.tuples(st.text(max_size=60), st.integers(0, 2)), min_size=1,
+                     max_size=60),
+       block_bytes=st.integers(16, 400))
+@SETTINGS
+def test_jsonl_blocks_keep_every_document_once_with_line_ids(tmp_path_factory, monkeypatch,
+                                                             docs, block_bytes):
+    """Whatever the block size (lines split across blocks, blank lines anywhere), every
+    non-empty document comes out once, in order, with the id of its line."""
+    import json
+
+    from gristmill import ingest
+    from gristmill.storage import sources
+
+    monkeypatch.setattr(sources, "BLOCK_BYTES", block_bytes)
+    lines: list[str] = []
+    expected: list[tuple[str, int]] = []
+    for text, blanks in docs:
+        lines += [""] * blanks
+        if text.strip():
+            expected.append((text, len(lines)))
+        lines.append(json.dumps({"text": text}, ensure_ascii=False))
+    tmp = tmp_path_factory.mktemp("p")
+    (tmp / "d.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if not expected:
+        return
+    store = ingest([tmp / "d.jsonl"], tmp / "s")
+    table = store.dataset().to_table()
+    assert table.column("text").to_pylist() == [t for t, _ in expected]
+    want_ids = make_ids("d.jsonl", np.asarray([p for _, p in expected], np.int64)).to_pylist()
+    assert table.column("id").to_pylist() == want_ids

@@ -180,10 +180,13 @@ def _ingest_into(
         task = bar.add_task("", total=sum(s.size for s in found) or None, rows=0)
         for source in found:
             bar.update(task, description=source.key)
+            advanced = 0
             for chunk in read_source(source, opts):
+                step = min(chunk.bytes_read, max(source.size - advanced, 0))
+                advanced += step
+                bar.update(task, advance=step)
                 source.stats["records"] += chunk.table.num_rows
                 if chunk.table.num_rows == 0:  # every line of the block was bad and skipped
-                    bar.update(task, advance=chunk.bytes_read)
                     continue
                 table, positions, ids_from_input = normalizer(chunk)
                 if ids_from_input:
@@ -195,8 +198,8 @@ def _ingest_into(
                 writer.write(table)
                 _domain_stats(table, totals)
                 source.stats["rows"] = source.stats.get("rows", 0) + table.num_rows
-                bar.update(task, advance=chunk.bytes_read,
-                           rows=sum(t["rows"] for t in totals.values()))
+                bar.update(task, rows=sum(t["rows"] for t in totals.values()))
+            bar.update(task, advance=max(source.size - advanced, 0))
     shards = writer.close() if writer is not None else []
     rows = sum(s["rows"] for s in shards)
     if rows == 0:
