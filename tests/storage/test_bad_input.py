@@ -179,3 +179,11 @@ def test_console_script_exit_code_and_stderr(tmp_path):
          "--out", str(tmp_path / "store")], capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "missing.jsonl" in proc.stderr
+
+
+def test_null_id_and_missing_domain_field(write_jsonl, tmp_path):
+    src = write_jsonl([{"id": "a", "text": "x"}, {"id": None, "text": "y"}])
+    code, out = run_ingest(tmp_path, str(src), "--id-field", "id")
+    assert_refused(tmp_path, code, out, "data.jsonl line 2", "the id is missing")
+    code, out = run_ingest(tmp_path, str(src), "--domain-field", "lang")
+    assert_refused(tmp_path, code, out, "no domain field 'lang'", "--domain NAME")

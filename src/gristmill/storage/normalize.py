@@ -111,16 +111,9 @@ class Normalizer:
     def _ids(
         self, chunk: Chunk, table: pa.Table, positions: np.ndarray, keep: pa.Array | None
     ) -> tuple[pa.Array, bool]:
-        name = self.fields.id_field
-        if name is not None:
-            if name not in table.column_names:
-                raise SchemaError(
-                    f"{chunk.source.label}: no id field {name!r} (fields: "
-                    f"{', '.join(table.column_names)}); fix --id-field or leave it out"
-                )
-            column = table.column(name)
-            _check_no_nulls(chunk.source, column, positions, "id")
-            return pc.cast(column, pa.string()).combine_chunks(), True
+        if self.fields.id_field is not None:
+            return _string_field(chunk.source, table, positions, self.fields.id_field, "id",
+                                 "fix --id-field or leave it out"), True
         if chunk.ids is not None:
             return chunk.ids.filter(keep) if keep is not None else chunk.ids, False
         return make_ids(chunk.source.key, positions), False
@@ -128,16 +121,9 @@ class Normalizer:
     def _domains(
         self, chunk: Chunk, table: pa.Table, positions: np.ndarray, keep: pa.Array | None
     ) -> pa.Array:
-        name = self.fields.domain_field
-        if name is not None:
-            if name not in table.column_names:
-                raise SchemaError(
-                    f"{chunk.source.label}: no domain field {name!r} (fields: "
-                    f"{', '.join(table.column_names)}); fix --domain-field or use --domain NAME"
-                )
-            column = table.column(name)
-            _check_no_nulls(chunk.source, column, positions, "domain")
-            values = pc.cast(column, pa.string()).combine_chunks()
+        if self.fields.domain_field is not None:
+            values = _string_field(chunk.source, table, positions, self.fields.domain_field,
+                                   "domain", "fix --domain-field or use --domain NAME")
         elif self.fields.domain is not None:
             values = pa.array(np.full(table.num_rows, self.fields.domain, dtype=object),
                               pa.string())
@@ -195,10 +181,18 @@ def _as_text(source: Source, column: pa.ChunkedArray, positions: np.ndarray) -> 
         raise
 
 
-def _check_no_nulls(
-    source: Source, column: pa.ChunkedArray, positions: np.ndarray, what: str
-) -> None:
+def _string_field(
+    source: Source, table: pa.Table, positions: np.ndarray, name: str, what: str, remedy: str
+) -> pa.Array:
+    """Input field `name` as strings; it must exist and have no nulls."""
+    if name not in table.column_names:
+        raise SchemaError(
+            f"{source.label}: no {what} field {name!r} (fields: "
+            f"{', '.join(table.column_names)}); {remedy}"
+        )
+    column = table.column(name)
     nulls = column.is_null().to_numpy(zero_copy_only=False)
     if nulls.any():
         where = source.where(int(positions[int(np.argmax(nulls))]))
         raise SchemaError(f"{where}: the {what} is missing (null); every record needs one")
+    return pc.cast(column, pa.string()).combine_chunks()
