@@ -187,3 +187,14 @@ def test_null_id_and_missing_domain_field(write_jsonl, tmp_path):
     assert_refused(tmp_path, code, out, "data.jsonl line 2", "the id is missing")
     code, out = run_ingest(tmp_path, str(src), "--domain-field", "lang")
     assert_refused(tmp_path, code, out, "no domain field 'lang'", "--domain NAME")
+
+
+def test_error_after_shards_were_written_leaves_nothing(write_jsonl, tmp_path):
+    """The background writer has shards open when a later source fails: all of it goes."""
+    from gristmill import InputError, ingest
+
+    good = write_jsonl([{"text": f"doc {i}"} for i in range(500)], "good.jsonl")
+    bad = write_jsonl([{"text": "fine"}, '{"text": "cut'], "bad.jsonl")
+    with pytest.raises(InputError, match="bad.jsonl line 2"):
+        ingest([good, bad], tmp_path / "store", rows_per_shard=50, row_group_rows=10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "good.jsonl"]

@@ -2,8 +2,9 @@
 
 Streaming end to end: one input block at a time is parsed, checked, normalized and appended
 to Parquet shards inside a temporary sibling directory, which is renamed into place only after
-the manifest is written. Memory is bounded by the block size, plus 20 bytes per row for the
-duplicate check when ids come from the input.
+the manifest is written. Memory is bounded whatever the input size: peak RSS stayed at
+~330 MiB for 0.25, 1 and 2 GB of JSONL (8 MB blocks; benchmarks/RESULTS.md), plus 20 bytes per
+row for the duplicate check when ids come from the input.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from gristmill.storage.schema import (
     write_json,
 )
 from gristmill.storage.sources import ReadOptions, Source, discover_sources, read_source
-from gristmill.storage.writer import ROW_GROUP_ROWS, SHARD_BYTES, ShardWriter
+from gristmill.storage.writer import COMPRESSION_LEVEL, ROW_GROUP_ROWS, SHARD_BYTES, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ def ingest(
     shard_bytes: int = SHARD_BYTES,
     progress: bool = False,
     reuse: bool = False,
+    compression_level: int = COMPRESSION_LEVEL,
 ) -> CorpusStore:
     """Ingest files, folders or `datasets.Dataset` objects into a corpus store at `out`.
 
@@ -131,6 +133,7 @@ def ingest(
         keep_empty: keep empty / whitespace-only documents (dropped and counted by default).
         skip_bad_records: count and skip bad lines, records and unreadable files.
         rows_per_shard: cap rows per shard (small shards for tests).
+        compression_level: zstd level of the shards (1: fastest; higher: smaller, slower).
         reuse: if `out` is a valid store made from the same inputs (names, sizes, modification
             times) and settings, return it unchanged instead of refusing or rewriting it.
 
@@ -138,7 +141,8 @@ def ingest(
         The opened `CorpusStore`.
 
     Example:
-        >>> store = ingest(["data/demo"], "out/corpus", domain_field="domain")  # doctest: +SKIP
+        >>> store = ingest(["data/demo"], "out/corpus", domain_field="domain",
+        ...                id_field="id")  # doctest: +SKIP
     """
     if domain_field is not None and domain is not None:
         raise ConfigError("pass either --domain-field or --domain, not both")
@@ -156,7 +160,7 @@ def ingest(
         overwrite = True
     with atomic_directory(out, overwrite=overwrite) as tmp:
         manifest = _ingest_into(tmp, found, fields, rows_per_shard, row_group_rows,
-                                shard_bytes, progress)
+                                shard_bytes, compression_level, progress)
         write_json(tmp / MANIFEST_NAME, manifest)
     log.info("ingested %d documents into %s", manifest["rows"], out)
     return CorpusStore.open(out)
@@ -169,6 +173,7 @@ def _ingest_into(
     rows_per_shard: int | None,
     row_group_rows: int,
     shard_bytes: int,
+    compression_level: int,
     progress: bool,
 ) -> dict[str, Any]:
     normalizer = Normalizer(fields)
@@ -176,30 +181,35 @@ def _ingest_into(
     writer: ShardWriter | None = None
     dupes = _DuplicateIds()
     totals: dict[str, dict[str, int]] = defaultdict(lambda: {"rows": 0, "bytes": 0, "chars": 0})
-    with _progress(progress) as bar:
-        task = bar.add_task("", total=sum(s.size for s in found) or None, rows=0)
-        for source in found:
-            bar.update(task, description=source.key)
-            advanced = 0
-            for chunk in read_source(source, opts):
-                step = min(chunk.bytes_read, max(source.size - advanced, 0))
-                advanced += step
-                bar.update(task, advance=step)
-                source.stats["records"] += chunk.table.num_rows
-                if chunk.table.num_rows == 0:  # every line of the block was bad and skipped
-                    continue
-                table, positions, ids_from_input = normalizer(chunk)
-                if ids_from_input:
-                    dupes.add(table.column(ID).combine_chunks(), source, positions)
-                if writer is None:
-                    assert normalizer.schema is not None
-                    writer = ShardWriter(tmp, normalizer.schema, rows_per_shard, shard_bytes,
-                                         row_group_rows)
-                writer.write(table)
-                _domain_stats(table, totals)
-                source.stats["rows"] = source.stats.get("rows", 0) + table.num_rows
-                bar.update(task, rows=sum(t["rows"] for t in totals.values()))
-            bar.update(task, advance=max(source.size - advanced, 0))
+    try:
+        with _progress(progress) as bar:
+            task = bar.add_task("", total=sum(s.size for s in found) or None, rows=0)
+            for source in found:
+                bar.update(task, description=source.key)
+                advanced = 0
+                for chunk in read_source(source, opts):
+                    step = min(chunk.bytes_read, max(source.size - advanced, 0))
+                    advanced += step
+                    bar.update(task, advance=step)
+                    source.stats["records"] += chunk.table.num_rows
+                    if chunk.table.num_rows == 0:  # every line of the block was bad and skipped
+                        continue
+                    table, positions, ids_from_input = normalizer(chunk)
+                    if ids_from_input:
+                        dupes.add(table.column(ID).combine_chunks(), source, positions)
+                    if writer is None:
+                        assert normalizer.schema is not None
+                        writer = ShardWriter(tmp, normalizer.schema, rows_per_shard,
+                                             shard_bytes, row_group_rows, compression_level)
+                    writer.write(table)
+                    _domain_stats(table, totals)
+                    source.stats["rows"] = source.stats.get("rows", 0) + table.num_rows
+                    bar.update(task, rows=sum(t["rows"] for t in totals.values()))
+                bar.update(task, advance=max(source.size - advanced, 0))
+    except BaseException:
+        if writer is not None:
+            writer.abort()  # drain the I/O thread before the temporary directory goes
+        raise
     shards = writer.close() if writer is not None else []
     rows = sum(s["rows"] for s in shards)
     if rows == 0:

@@ -53,7 +53,8 @@ class Normalizer:
         table = chunk.table.filter(keep) if keep is not None else chunk.table
         positions = chunk.positions[keep.to_numpy(zero_copy_only=False)] if keep is not None \
             else chunk.positions
-        text = _as_text(chunk.source, table.column(self.fields.text_field), positions)
+        text = _as_text(chunk.source, table.column(self.fields.text_field), positions,
+                        checked=chunk.utf8_checked)
         ids, from_input = self._ids(chunk, table, positions, keep)
         domains = self._domains(chunk, table, positions, keep)
         core = {ID: ids, TEXT: text, DOMAIN: domains,
@@ -69,7 +70,9 @@ class Normalizer:
         out = self._fit(pa.table({**core, **extras}))
         if self.fields.keep_empty:
             return out, positions, from_input
-        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(out.column(TEXT))), 0)
+        # No trimmed copy of every text: empty, or nothing but Unicode whitespace.
+        text = out.column(TEXT)
+        empty = pc.or_(pc.equal(pc.binary_length(text), 0), pc.utf8_is_space(text))
         count = pc.sum(empty).as_py() or 0
         if not count:
             return out, positions, from_input
@@ -163,11 +166,14 @@ def _is_stringish(kind: pa.DataType) -> bool:
             or pa.types.is_binary(kind) or pa.types.is_large_binary(kind))
 
 
-def _as_text(source: Source, column: pa.ChunkedArray, positions: np.ndarray) -> pa.Array:
-    """Cast to large_string, checking UTF-8; names the first bad row."""
+def _as_text(
+    source: Source, column: pa.ChunkedArray, positions: np.ndarray, *, checked: bool
+) -> pa.Array:
+    """Cast to large_string, checking UTF-8 unless the reader did; names the first bad row."""
     try:
         text = pc.cast(column, pa.large_string()).combine_chunks()
-        text.validate(full=True)
+        if not checked:
+            text.validate(full=True)
         return text
     except pa.ArrowInvalid:
         for index, value in enumerate(column.cast(pa.large_binary()).to_pylist()):

@@ -1,8 +1,10 @@
 """Column names, Arrow types and manifest I/O shared by every store (one place, one version).
 
 Every store is a directory holding data shards (`*.parquet` for the corpus) and a
-`manifest.json`; anything else a stage writes (stats, plots) lives under `_`-prefixed folders so
-`pyarrow.dataset.dataset(STORE, format="parquet")` sees exactly the data rows.
+`manifest.json`; anything else a stage writes (stats, plots) lives under `_`-prefixed folders
+or has another extension, so `pyarrow.dataset.dataset(STORE, format="parquet",
+exclude_invalid_files=True)` and `polars.scan_parquet(f"{STORE}/*.parquet")` see exactly the
+data rows.
 """
 
 from __future__ import annotations
