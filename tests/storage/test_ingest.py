@@ -239,3 +239,11 @@ def test_dataset_with_indices_mapping_keeps_its_order(tmp_path):
     store = ingest([shuffled], tmp_path / "s")
     assert [r["text"] for r in read_all(tmp_path / "s")] == shuffled["text"]
     assert store.num_rows == 10
+
+
+def test_reuse_rebuilds_a_damaged_store(write_jsonl, tmp_path):
+    src = write_jsonl(KEPT)
+    ingest([src], tmp_path / "s")
+    (tmp_path / "s" / "part-00000.parquet").write_bytes(b"garbage")
+    assert ingest([src], tmp_path / "s", reuse=True).num_rows == 3
+    open_store(tmp_path / "s").verify()

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from gristmill.errors import ConfigError, InputError
+from gristmill.errors import ConfigError, CorruptStoreError, InputError
 from gristmill.storage.atomic import atomic_directory
 from gristmill.storage.corpus import CorpusStore
 from gristmill.storage.normalize import FieldMap, Normalizer
@@ -38,7 +38,7 @@ from gristmill.storage.schema import (
     now_iso,
     write_json,
 )
-from gristmill.storage.sources import ReadOptions, Source, discover_sources, read_source
+from gristmill.storage.sources import Chunk, ReadOptions, Source, discover_sources, read_source
 from gristmill.storage.writer import COMPRESSION_LEVEL, ROW_GROUP_ROWS, SHARD_BYTES, ShardWriter
 
 log = logging.getLogger(__name__)
@@ -153,17 +153,68 @@ def ingest(
     fields = FieldMap(text_field, id_field, domain_field, domain, keep_empty, skip_bad_records)
     inputs = _inputs_fingerprint(found, fields, rows_per_shard)
     if reuse and (out / MANIFEST_NAME).is_file():
-        existing = CorpusStore.open(out)
-        if existing.manifest.get("inputs_fingerprint") == inputs:
-            log.info("%s is up to date", out)
-            return existing
+        try:
+            existing = CorpusStore.open(out)
+        except CorruptStoreError as exc:
+            log.warning("rebuilding %s: %s", out, exc)
+        else:
+            if existing.manifest.get("inputs_fingerprint") == inputs:
+                log.info("%s is up to date", out)
+                return existing
         overwrite = True
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        manifest = _ingest_into(tmp, found, fields, rows_per_shard, row_group_rows,
-                                shard_bytes, compression_level, progress)
+        writer_args = (rows_per_shard, shard_bytes, row_group_rows, compression_level)
+        manifest = _ingest_into(tmp, found, fields, rows_per_shard, writer_args, progress)
         write_json(tmp / MANIFEST_NAME, manifest)
     log.info("ingested %d documents into %s", manifest["rows"], out)
     return CorpusStore.open(out)
+
+
+class _IngestRun:
+    """The state of one ingest: normalizer, shard writer, duplicate check, per-domain totals."""
+
+    def __init__(self, tmp: Path, fields: FieldMap, writer_args: tuple[Any, ...]) -> None:
+        self.tmp = tmp
+        self.normalizer = Normalizer(fields)
+        self.writer_args = writer_args
+        self.writer: ShardWriter | None = None
+        self.dupes = _DuplicateIds()
+        self.totals: dict[str, dict[str, int]] = defaultdict(
+            lambda: {"rows": 0, "bytes": 0, "chars": 0})
+
+    @property
+    def rows(self) -> int:
+        return sum(t["rows"] for t in self.totals.values())
+
+    def add(self, chunk: Chunk) -> None:
+        """Normalize one chunk, queue it for writing and count it."""
+        chunk.source.stats["records"] += chunk.table.num_rows
+        if chunk.table.num_rows == 0:  # every line of the block was bad and skipped
+            return
+        table, positions, ids_from_input = self.normalizer(chunk)
+        if ids_from_input:
+            self.dupes.add(table.column(ID).combine_chunks(), chunk.source, positions)
+        if self.writer is None:
+            assert self.normalizer.schema is not None
+            self.writer = ShardWriter(self.tmp, self.normalizer.schema, *self.writer_args)
+        self.writer.write(table)
+        _domain_stats(table, self.totals)
+        chunk.source.stats["rows"] = chunk.source.stats.get("rows", 0) + table.num_rows
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Close the shards; refuse an empty result and duplicate input ids."""
+        shards = self.writer.close() if self.writer is not None else []
+        if not shards:
+            empty = self.normalizer.empty_dropped
+            dropped = f" ({empty} empty documents dropped)" if empty else ""
+            raise InputError(f"no documents found in the input{dropped}; check the paths and "
+                             "--text-field" + (", or pass --keep-empty" if empty else ""))
+        self.dupes.check(self.tmp, shards)
+        return shards
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()  # drain the I/O thread before the temporary directory goes
 
 
 def _ingest_into(
@@ -171,16 +222,11 @@ def _ingest_into(
     found: list[Source],
     fields: FieldMap,
     rows_per_shard: int | None,
-    row_group_rows: int,
-    shard_bytes: int,
-    compression_level: int,
+    writer_args: tuple[Any, ...],
     progress: bool,
 ) -> dict[str, Any]:
-    normalizer = Normalizer(fields)
+    run = _IngestRun(tmp, fields, writer_args)
     opts = ReadOptions(fields.text_field, fields.skip_bad_records)
-    writer: ShardWriter | None = None
-    dupes = _DuplicateIds()
-    totals: dict[str, dict[str, int]] = defaultdict(lambda: {"rows": 0, "bytes": 0, "chars": 0})
     try:
         with _progress(progress) as bar:
             task = bar.add_task("", total=sum(s.size for s in found) or None, rows=0)
@@ -190,35 +236,14 @@ def _ingest_into(
                 for chunk in read_source(source, opts):
                     step = min(chunk.bytes_read, max(source.size - advanced, 0))
                     advanced += step
-                    bar.update(task, advance=step)
-                    source.stats["records"] += chunk.table.num_rows
-                    if chunk.table.num_rows == 0:  # every line of the block was bad and skipped
-                        continue
-                    table, positions, ids_from_input = normalizer(chunk)
-                    if ids_from_input:
-                        dupes.add(table.column(ID).combine_chunks(), source, positions)
-                    if writer is None:
-                        assert normalizer.schema is not None
-                        writer = ShardWriter(tmp, normalizer.schema, rows_per_shard,
-                                             shard_bytes, row_group_rows, compression_level)
-                    writer.write(table)
-                    _domain_stats(table, totals)
-                    source.stats["rows"] = source.stats.get("rows", 0) + table.num_rows
-                    bar.update(task, rows=sum(t["rows"] for t in totals.values()))
+                    run.add(chunk)
+                    bar.update(task, advance=step, rows=run.rows)
                 bar.update(task, advance=max(source.size - advanced, 0))
+        shards = run.finish()
     except BaseException:
-        if writer is not None:
-            writer.abort()  # drain the I/O thread before the temporary directory goes
+        run.abort()
         raise
-    shards = writer.close() if writer is not None else []
-    rows = sum(s["rows"] for s in shards)
-    if rows == 0:
-        dropped = f" ({normalizer.empty_dropped} empty documents dropped)" \
-            if normalizer.empty_dropped else ""
-        raise InputError(f"no documents found in the input{dropped}; check the paths and "
-                         "--text-field" + (", or pass --keep-empty" if dropped else ""))
-    dupes.check(tmp, shards)
-    return _manifest(found, fields, shards, totals, normalizer, rows_per_shard)
+    return _manifest(found, fields, shards, run.totals, run.normalizer, rows_per_shard)
 
 
 def _inputs_fingerprint(
