@@ -25,6 +25,7 @@ from gristmill.errors import (
     GristmillError,
     InputError,
     MissingDependencyError,
+    ModelError,
     SchemaError,
 )
 from gristmill.storage import CorpusStore, ingest, open_store
@@ -36,6 +37,7 @@ __all__ = [
     "GristmillError",
     "InputError",
     "MissingDependencyError",
+    "ModelError",
     "SchemaError",
     "__version__",
     "ingest",

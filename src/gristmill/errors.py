@@ -29,3 +29,7 @@ class CorruptStoreError(GristmillError):
 
 class MissingDependencyError(GristmillError):
     """An optional dependency is not installed; the message gives the install command."""
+
+
+class ModelError(GristmillError):
+    """A model cannot be loaded (no weights, no tokenizer) or produced unusable output."""
