@@ -44,7 +44,8 @@ def test_readme_cli_reference_lists_every_command_and_option():
                     assert re.search(rf"{re.escape(opt)}\b", sections[name]), \
                         f"README misses `gristmill {name} {opt}`"
         documented = set(re.findall(r"(--[a-z][a-z-]*)", sections[name]))
-        real = {o for p in command.params for o in p.opts if o.startswith("--")}
+        real = {o for p in command.params
+                for o in [*p.opts, *getattr(p, "secondary_opts", [])] if o.startswith("--")}
         assert documented <= real, f"README documents unknown options of {name}: " \
             f"{documented - real}"
 

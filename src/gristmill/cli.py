@@ -134,6 +134,58 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 @app.command()
 @_friendly
+def embed(
+    store: Annotated[Path, typer.Argument(help="A corpus store directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Embedding store directory to write.")],
+    model: Annotated[str | None, typer.Option(help="Model directory or cached hub name "
+                                              "(default: packaged all-MiniLM-L6-v2).")]
+    = None,
+    pooling: Annotated[str | None, typer.Option(help="mean, cls, last, weighted-mean or max "
+                                                "(default: the model's own).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Truncate documents to N tokens "
+                                                   "(default: the model's max_seq_length).")]
+    = None,
+    batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per batch "
+                                                     "(default 2048 on CPU, 65536 on GPU).")]
+    = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    devices: Annotated[str | None, typer.Option(help="Several devices, one worker each: GPU "
+                                                "indices (0,1,2,3) or device names.")] = None,
+    dtype: Annotated[str, typer.Option(help="auto (fp32 on CPU, fp16 on GPU), fp32, fp16 "
+                                       "or bf16.")] = "auto",
+    normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize",
+                                                   help="L2-normalize rows (default: the "
+                                                   "model's own).")] = None,
+    selection: Annotated[Path | None, typer.Option(help="Embed only this selection's rows "
+                                                   "(others hold NaN).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output "
+                                            "or an unfinished run with other settings.")]
+    = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model "
+                                                "(no gain measured on CPU).")] = False,
+) -> None:
+    """Embed every document of a corpus store (resumable, one .npy per shard)."""
+    from gristmill.embed import embed_store
+
+    result = embed_store(
+        store, out, model=model, pooling=pooling, max_tokens=max_tokens, normalize=normalize,
+        batch_tokens=batch_tokens, device=device, devices=_device_list(devices), dtype=dtype,
+        selection=selection, overwrite=overwrite, compile_model=compile_model,
+        progress=sys.stderr.isatty(),
+    )
+    out_console.print(result.summary(), highlight=False, soft_wrap=True)
+
+
+def _device_list(devices: str | None) -> list[str] | None:
+    """`0,1` -> ["cuda:0", "cuda:1"]; names (cpu, cuda:2) pass through."""
+    if devices is None:
+        return None
+    names = [d.strip() for d in devices.split(",") if d.strip()]
+    return [f"cuda:{d}" if d.isdigit() else d for d in names]
+
+
+@app.command()
+@_friendly
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where the demo writes its outputs.")]
     = Path("out/demo"),
@@ -146,6 +198,7 @@ def demo(
         out_console.print(f"{stage:>10}: {path} ({result.status[stage]})", highlight=False,
                           soft_wrap=True)
     _print_summary(result.summary["corpus"])
+    out_console.print(result.summary["embeddings"], highlight=False, soft_wrap=True)
 
 
 def main() -> None:
