@@ -1,5 +1,5 @@
 """`gristmill demo` on the whole committed demo corpus: outputs, summary, and a rerun that
-reuses what is up to date."""
+reuses what is up to date. Embedding the 5,014 documents takes ~2.5 minutes on 2 cores."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from gristmill import open_store
 from gristmill.cli import app
 from gristmill.demo import DEMO_DOMAINS, demo_corpus_path
+from gristmill.storage.embeddings import EmbeddingStore
 
 runner = CliRunner()
 
@@ -29,11 +30,19 @@ def test_demo_runs_end_to_end_and_reruns_up_to_date(tmp_path):
     assert set(store.domains) == set(DEMO_DOMAINS)
     assert 4000 <= store.num_rows <= 6000
     assert store.manifest["dropped"] == {"empty": 0, "bad_records": 0, "bad_files": 0}
+    embeddings = EmbeddingStore.open(out / "embeddings")
+    embeddings.check_corpus(store)
+    assert embeddings.num_rows == store.num_rows and embeddings.dim == 384
+    assert f"embeddings: {out / 'embeddings'} (written)" in " ".join(first.output.split())
     manifest = (out / "corpus" / "manifest.json").read_bytes()
+    emb_manifest = (out / "embeddings" / "manifest.json").read_bytes()
     second = runner.invoke(app, ["demo", "--out", str(out)])
     assert second.exit_code == 0, second.output
     assert "(up to date)" in second.output
     assert (out / "corpus" / "manifest.json").read_bytes() == manifest
+    assert (out / "embeddings" / "manifest.json").read_bytes() == emb_manifest
+    assert "embeddings: " in second.output and "(up to date)" in second.output.split(
+        "embeddings:")[1]
     info = json.loads(runner.invoke(app, ["info", str(out / "corpus"), "--json"]).output)
     assert info["rows"] == store.num_rows
     assert all(d["n_chars"]["max"] <= 2000 for d in info["domains"].values())
