@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from gristmill.embed import embed_store
-from gristmill.errors import InputError
+from gristmill.errors import ConfigError, InputError
 
 
 @pytest.fixture
@@ -51,7 +51,9 @@ def test_killed_run_resumes_to_byte_identical_output(long_corpus, tmp_path):
     assert not out.exists()  # nothing published by a killed run
     finished = len(saved["shards"])
     assert 1 <= finished < 6
-    resumed = embed_store(long_corpus, out, device="cpu")
+    with pytest.raises(ConfigError, match="unfinished run with other settings .*'mean'"):
+        embed_store(long_corpus, out, device="cpu", pooling="cls")
+    resumed = embed_store(long_corpus, out, device="cpu", overwrite=True)  # same settings
     assert resumed.status == "resumed" and resumed.docs == 60 - 10 * finished
     reference = embed_store(long_corpus, tmp_path / "reference", device="cpu").store
     for shard in reference.shards:

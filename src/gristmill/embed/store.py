@@ -123,11 +123,17 @@ def embed_store(
         totals["docs"] += record["embedded"]
         _save_progress(partial, run.progress(records))
 
-    with EmbedProgress(sum(j.rows if j.selected is None else len(j.selected) for j in jobs),
-                       enabled=progress) as bar:
-        run_jobs(run.spec, jobs, devices=run.devices, dtype=run.dtype,
-                 batch_tokens=batch_tokens, chunk_rows=chunk_rows, compile_model=compile_model,
-                 on_batch=bar.advance, on_done=on_done)
+    try:
+        with EmbedProgress(sum(j.rows if j.selected is None else len(j.selected)
+                               for j in jobs), enabled=progress) as bar:
+            run_jobs(run.spec, jobs, devices=run.devices, dtype=run.dtype,
+                     batch_tokens=batch_tokens, chunk_rows=chunk_rows,
+                     compile_model=compile_model, on_batch=bar.advance, on_done=on_done)
+    except Exception:
+        # Keep finished shards for a resume; with none, leave nothing behind.
+        if not records:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     seconds = time.perf_counter() - started
     _publish(run, partial, records, overwrite or out.exists(),
              {"seconds": round(seconds, 3), "devices": run.devices, **totals})
@@ -221,31 +227,48 @@ def _differences(old: dict[str, Any], run: _Run) -> str:
 
 
 def _resume(run: _Run, partial: Path, overwrite: bool) -> dict[int, dict[str, Any]]:
-    """Finished shard records of an interrupted run, after checking it is the same run."""
-    progress_file = partial / PROGRESS_NAME
-    if partial.exists() and (overwrite or not progress_file.is_file()):
-        shutil.rmtree(partial)
-    if not partial.exists():
+    """Finished shard records of an interrupted run of these same settings and corpus.
+
+    An unfinished run of other settings or of another corpus version is refused (never mixed
+    in) unless `overwrite`, which discards it; a matching one is resumed even with `overwrite`.
+    """
+    saved = _read_progress(partial)
+    if saved is not None and (mismatch := _mismatch(run, partial, saved)) is not None:
+        if not overwrite:
+            raise mismatch
+        saved = None
+    if saved is None:
+        shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         _save_progress(partial, run.progress({}))
         return {}
-    saved = json.loads(progress_file.read_text())
+    records = {int(i): r for i, r in saved["shards"].items()
+               if _intact(partial / r["path"], r)}
+    log.info("resuming %s: %d of %d shards already embedded", run.out, len(records),
+             len(run.corpus.shards))
+    return records
+
+
+def _read_progress(partial: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((partial / PROGRESS_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _mismatch(run: _Run, partial: Path, saved: dict[str, Any]) -> Exception | None:
     if saved["corpus_fingerprint"] != run.corpus.fingerprint:
-        raise InputError(
+        return InputError(
             f"{run.corpus.path} changed after embedding began (fingerprint "
             f"{saved['corpus_fingerprint']} then, {run.corpus.fingerprint} now): the "
             f"{len(saved['shards'])} finished shard(s) in {partial} belong to the old corpus and "
             "will not be mixed with new ones; pass --overwrite to start over")
     if saved["key"] != run.key:
         changed = [f"{k} {v!r}" for k, v in saved["settings"].items() if run.settings[k] != v]
-        raise ConfigError(f"{partial}: an unfinished run with other settings ({', '.join(changed)})"
-                          " is there; re-run with those settings to resume it, or pass "
-                          "--overwrite to discard it")
-    records = {int(i): r for i, r in saved["shards"].items()
-               if _intact(partial / r["path"], r)}
-    log.info("resuming %s: %d of %d shards already embedded", run.out, len(records),
-             len(run.corpus.shards))
-    return records
+        return ConfigError(f"{partial}: an unfinished run with other settings "
+                           f"({', '.join(changed)}) is there; re-run with those settings to "
+                           "resume it, or pass --overwrite to discard it")
+    return None
 
 
 def _save_progress(partial: Path, progress: dict[str, Any]) -> None:
