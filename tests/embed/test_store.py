@@ -180,3 +180,15 @@ def test_cli_options_reach_the_engine(small_corpus, tmp_path):
     bad = runner.invoke(app, ["embed", str(small_corpus), "--out", str(tmp_path / "x"),
                               "--pooling", "median"])
     assert bad.exit_code == 2 and "--pooling 'median'" in bad.output
+
+
+@pytest.mark.skipif(__import__("torch").cuda.device_count() >= 2, reason="has 2 GPUs")
+def test_devices_are_gpu_indices_and_missing_gpus_are_named(small_corpus, tmp_path):
+    result = runner.invoke(app, ["embed", str(small_corpus), "--out", str(tmp_path / "emb"),
+                                 "--devices", "0,1"])
+    assert result.exit_code == 2
+    assert "--device cuda:" in result.output and "CUDA device(s)" in result.output
+    mixed = runner.invoke(app, ["embed", str(small_corpus), "--out", str(tmp_path / "emb"),
+                                "--devices", "cpu,cuda:0"])
+    assert mixed.exit_code == 2 and ("mixes CPU and GPU" in mixed.output
+                                     or "CUDA device(s)" in mixed.output)
