@@ -186,6 +186,98 @@ def _device_list(devices: str | None) -> list[str] | None:
 
 @app.command()
 @_friendly
+def cluster(
+    embeddings: Annotated[Path, typer.Argument(help="An embedding store directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Cluster store directory to write.")],
+    k: Annotated[str, typer.Option("--k", help="Number of centroids, or 'auto' (about "
+                                   "sqrt(n/2), clamped to [8, 65536]).")] = "auto",
+    spherical: Annotated[bool, typer.Option("--spherical/--no-spherical",
+                                            help="Cosine k-means on unit rows (default) or "
+                                            "L2 k-means.")] = True,
+    niter: Annotated[int, typer.Option(help="k-means iterations.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seeds the training sample and FAISS.")] = 0,
+    sample_per_centroid: Annotated[int, typer.Option(help="Train on at most this many rows "
+                                                     "per centroid (seeded sample).")] = 256,
+    device: Annotated[str, typer.Option(help="auto (GPU when faiss has one), cpu, cuda or "
+                                        "cuda:N.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+    = False,
+) -> None:
+    """FAISS k-means over an embedding store: centroids, per-row cluster and dist, sizes."""
+    from gristmill.selectors.clustering import cluster_embeddings
+
+    result = cluster_embeddings(embeddings, out, k=k, spherical=spherical, niter=niter,
+                                seed=seed, sample_per_centroid=sample_per_centroid,
+                                device=device, overwrite=overwrite,
+                                progress=sys.stderr.isatty())
+    if result.store.manifest["k_rule"] != "given":
+        out_console.print(f"k {result.store.manifest['k_rule']}", highlight=False)
+    for note in result.store.manifest["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+    out_console.print(result.summary(), highlight=False, soft_wrap=True)
+
+
+@app.command(name="select")
+@_friendly
+def select_rows(
+    method: Annotated[str, typer.Argument(help="Selection method (see gristmill.selectors: "
+                                          "random, semdedup, ssp, dbp, kmq, kcenter, "
+                                          "facility-location, rds, dsir).")],
+    corpus: Annotated[Path, typer.Option("--corpus", help="The corpus store.")],
+    embeddings: Annotated[Path, typer.Option("--embeddings", help="Its embedding store.")],
+    out: Annotated[Path, typer.Option("--out", help="Selection directory to write.")],
+    budget: Annotated[str | None, typer.Option(help="A fraction with a '.' (0.3, 1.0) or a "
+                                               "row count (50000); optional for semdedup.")]
+    = None,
+    clusters: Annotated[Path | None, typer.Option(help="A cluster store (gristmill cluster).")]
+    = None,
+    pool: Annotated[Path | None, typer.Option(help="Select from an earlier selection's rows.")]
+    = None,
+    seed: Annotated[int, typer.Option(help="Seeds every random choice.")] = 0,
+    k: Annotated[str | None, typer.Option("--k", help="Without --clusters, cluster on the fly "
+                                          "with this many centroids (or 'auto').")] = None,
+    eps: Annotated[float | None, typer.Option(help="semdedup: remove at cosine > 1 - eps.")]
+    = None,
+    keep_fraction: Annotated[float | None, typer.Option(help="semdedup: keep this fraction "
+                                                        "(eps found by search).")] = None,
+    tau: Annotated[float | None, typer.Option(help="dbp/kmq: softmax temperature.")] = None,
+    floor: Annotated[float | None, typer.Option(help="dbp: every cluster keeps at least this "
+                                                "share of its uniform quota.")] = None,
+    keep: Annotated[str | None, typer.Option(help="ssp/dbp: hard, easy or random.")] = None,
+    order: Annotated[str | None, typer.Option(help="semdedup: hard, easy or random.")] = None,
+    knn: Annotated[int | None, typer.Option(help="facility-location: neighbours per row.")]
+    = None,
+    score_column: Annotated[str | None, typer.Option(help="random/kmq: corpus column of "
+                                                     "quality scores or weights.")] = None,
+    stratify: Annotated[bool | None, typer.Option("--stratify", help="random: keep each "
+                                                  "domain's share of the pool.")] = None,
+    target: Annotated[Path | None, typer.Option(help="rds: target embeddings (store or .npy); "
+                                                "dsir: target texts (corpus store or "
+                                                ".jsonl).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+    = False,
+) -> None:
+    """Select rows with one method; writes the selection store and prints rows by domain."""
+    from gristmill.selectors.run import run_selection
+
+    params = {"eps": eps, "keep_fraction": keep_fraction, "tau": tau, "floor": floor,
+              "keep": keep, "order": order, "knn": knn, "score_column": score_column,
+              "stratify": stratify, "target": target}
+    written = run_selection(method, corpus=corpus, embeddings=embeddings, out=out,
+                            budget=budget, clusters=clusters, pool=pool, seed=seed, k=k,
+                            overwrite=overwrite, params=params)
+    table = Table(title=f"{method}: {written.manifest['rows']:,} of "
+                        f"{written.manifest['pool']['rows']:,} rows -> {written.path}")
+    for name in ("domain", "pool", "selected", "kept"):
+        table.add_column(name, justify="left" if name == "domain" else "right")
+    for row in written.by_domain:
+        table.add_row(row["domain"], f"{row['pool']:,}", f"{row['selected']:,}",
+                      f"{100 * row['kept_fraction']:.1f}%")
+    out_console.print(table)
+
+
+@app.command()
+@_friendly
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where the demo writes its outputs.")]
     = Path("out/demo"),
@@ -198,7 +290,8 @@ def demo(
         out_console.print(f"{stage:>10}: {path} ({result.status[stage]})", highlight=False,
                           soft_wrap=True)
     _print_summary(result.summary["corpus"])
-    out_console.print(result.summary["embeddings"], highlight=False, soft_wrap=True)
+    for stage in ("embeddings", "clusters", "semdedup", "dbp"):
+        out_console.print(result.summary[stage], highlight=False, soft_wrap=True)
 
 
 def main() -> None:
