@@ -10,7 +10,9 @@ from typer.testing import CliRunner
 from gristmill import open_store
 from gristmill.cli import app
 from gristmill.demo import DEMO_DOMAINS, demo_corpus_path
+from gristmill.storage.clusters import ClusterStore
 from gristmill.storage.embeddings import EmbeddingStore
+from gristmill.storage.selection import read_selection
 
 runner = CliRunner()
 
@@ -34,13 +36,21 @@ def test_demo_runs_end_to_end_and_reruns_up_to_date(tmp_path):
     embeddings.check_corpus(store)
     assert embeddings.num_rows == store.num_rows and embeddings.dim == 384
     assert f"embeddings: {out / 'embeddings'} (written)" in " ".join(first.output.split())
+    clusters = ClusterStore.open(out / "clusters")
+    assert clusters.k == 50 and clusters.num_rows == store.num_rows  # sqrt(5014 / 2) = 50
+    dedup, pruned = read_selection(out / "semdedup"), read_selection(out / "dbp")
+    assert 0 < len(dedup.rows) < store.num_rows
+    assert len(pruned.rows) == round(0.5 * len(dedup.rows)) and set(pruned.rows) <= set(dedup.rows)
     manifest = (out / "corpus" / "manifest.json").read_bytes()
+    selected = (out / "dbp" / "manifest.json").read_bytes()
     emb_manifest = (out / "embeddings" / "manifest.json").read_bytes()
     second = runner.invoke(app, ["demo", "--out", str(out)])
     assert second.exit_code == 0, second.output
     assert "(up to date)" in second.output
     assert (out / "corpus" / "manifest.json").read_bytes() == manifest
     assert (out / "embeddings" / "manifest.json").read_bytes() == emb_manifest
+    assert (out / "dbp" / "manifest.json").read_bytes() == selected
+    assert "dbp: " in second.output
     assert "embeddings: " in second.output and "(up to date)" in second.output.split(
         "embeddings:")[1]
     info = json.loads(runner.invoke(app, ["info", str(out / "corpus"), "--json"]).output)

@@ -1,8 +1,9 @@
 """`gristmill demo`: run the pipeline on the bundled demo corpus, on CPU, end to end.
 
-Stages so far: ingest + info, then embed (the packaged all-MiniLM-L6-v2, ~2.5 min for the
-5,014 documents on 2 CPU cores). Each later stage (embed, cluster, select, pack, stream) extends
-`run_demo`. Re-running reuses outputs that are up to date.
+Stages so far: ingest + info, embed (the packaged all-MiniLM-L6-v2, ~2.5 min for the 5,014
+documents on 2 CPU cores), cluster (spherical FAISS k-means, k auto), then select: SemDeDup at
+eps 0.05 and concept-complexity pruning (DBP) of what it kept down to half. Each later stage
+(pack, stream) extends `run_demo`. Re-running reuses outputs that are up to date.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 from gristmill.embed import embed_store
 from gristmill.errors import InputError
+from gristmill.selectors.clustering import cluster_embeddings
+from gristmill.selectors.run import run_selection
 from gristmill.storage import ingest, summarize
 
 DEMO_DOMAINS = ("python_docs", "python_code", "speeches", "math", "code_tasks", "dialogue")
@@ -67,7 +70,26 @@ def run_demo(out: str | Path = "out/demo", *, progress: bool = True) -> DemoResu
     result.outputs["embeddings"] = embedded.store.path
     result.status["embeddings"] = embedded.status
     result.summary["embeddings"] = embedded.summary()
+    _select(out, corpus.path, embedded.store.path, result, progress)
     return result
+
+
+def _select(out: Path, corpus: Path, embeddings: Path, result: DemoResult,
+            progress: bool) -> None:
+    """Cluster, then SemDeDup (eps 0.05), then DBP over what SemDeDup kept (half of it)."""
+    clustered = cluster_embeddings(embeddings, out / "clusters", k="auto", progress=progress)
+    result.outputs["clusters"] = clustered.store.path
+    result.status["clusters"] = clustered.status
+    result.summary["clusters"] = clustered.summary()
+    steps = [("semdedup", None, None, {"eps": 0.05}), ("dbp", "0.5", out / "semdedup", {})]
+    for method, budget, pool, params in steps:
+        written = run_selection(method, corpus=corpus, embeddings=embeddings,
+                                clusters=clustered.store.path, pool=pool, budget=budget,
+                                out=out / method, params=params, reuse=True)
+        result.outputs[method] = written.path
+        result.status[method] = written.status
+        result.summary[method] = (f"{method}: kept {written.manifest['rows']:,} of "
+                                  f"{written.manifest['pool']['rows']:,} rows")
 
 
 def _mtime(path: Path) -> int | None:
