@@ -65,6 +65,11 @@ class Pool:
         return len(self.rows)
 
     @property
+    def has_texts(self) -> bool:
+        """Whether `iter_texts` can read document texts (a corpus, or texts in memory)."""
+        return self.corpus is not None or self._texts is not None
+
+    @property
     def num_clusters(self) -> int:
         return 0 if self.centroids is None else len(self.centroids)
 
