@@ -1,0 +1,81 @@
+"""SSP pruning: keep the least prototypical rows of each cluster (ALGORITHMS.md section 3.2).
+
+Sorscher et al. 2022 ("Beyond neural scaling laws") score a row's difficulty by its distance to
+its nearest k-means centroid: with abundant data keep the hardest (farthest, least
+prototypical) rows, with scarce data the easiest. As in the DBP repo's web-scale version
+(`which_to_keep=hard`), every cluster keeps a share of the budget, here proportional to its
+pool size, and inside a cluster the farthest rows are kept first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gristmill.errors import ConfigError
+from gristmill.selectors.pool import Pool
+from gristmill.selectors.quota import allocate_quota
+from gristmill.selectors.result import SelectionResult
+from gristmill.selectors.sampling import sample_uniform
+from gristmill.storage.clusters import COSINE_SIMILARITY
+
+NEEDS_CLUSTERS = True
+KEEPS = ("hard", "easy", "random")
+
+
+def select(pool: Pool, budget: int, *, seed: int, keep: str = "hard") -> SelectionResult:
+    """Keep `budget` rows, cluster quotas proportional to cluster size.
+
+    Args:
+        pool: clustered pool; `pool.dist` may be a cosine similarity (spherical clusters) or a
+            squared L2 distance.
+        budget: rows to keep.
+        seed: seeds `keep="random"`.
+        keep: "hard" (farthest from the centroid), "easy" (closest) or "random" (uniform
+            within each cluster's quota).
+
+    Returns:
+        `SelectionResult` with scores (n,) float32 = distance to the centroid (1 - cosine, or
+        squared L2); reason "prototypical"; stats["quotas"] per cluster id.
+
+    Example:
+        >>> select(pool, 1000, seed=0).stats["quotas"]          # doctest: +SKIP
+    """
+    if keep not in KEEPS:
+        raise ConfigError(f"`keep` must be one of {', '.join(KEEPS)}, got {keep!r}")
+    members = pool.members()
+    sizes = np.array([len(m) for m in members], dtype=np.int64)
+    quotas = allocate_quota(budget * sizes / pool.size, budget, upper=sizes)
+    distance = _centroid_distance(pool)
+    selected = _keep_per_cluster(members, quotas, distance, keep, np.random.default_rng(seed))
+    stats = {"quotas": quotas.tolist(), "sizes": sizes.tolist()}
+    return SelectionResult(selected, distance, "prototypical", stats=stats,
+                           params={"keep": keep})
+
+
+def _centroid_distance(pool: Pool) -> np.ndarray:
+    """(n,) float32 distance to the centroid: 1 - cosine, or the squared L2 as stored."""
+    assert pool.dist is not None
+    if pool.dist_metric == COSINE_SIMILARITY:
+        return (1.0 - pool.dist).astype(np.float32)
+    return pool.dist.astype(np.float32)
+
+
+def _keep_per_cluster(members: list[np.ndarray], quotas: np.ndarray, distance: np.ndarray,
+                      keep: str, rng: np.random.Generator) -> np.ndarray:
+    """(m,) int64 sorted positions: `quotas[c]` rows of each cluster, chosen by `keep`.
+
+    "hard" keeps the largest `distance` (ties: lower pool position), "easy" the smallest,
+    "random" a uniform subset drawn from `rng`. Shared by SSP and DBP.
+    """
+    kept = []
+    for positions, quota in zip(members, quotas, strict=True):
+        if quota == 0:
+            continue
+        if keep == "random":
+            kept.append(positions[sample_uniform(len(positions), int(quota), rng)])
+            continue
+        key = -distance[positions] if keep == "hard" else distance[positions]
+        kept.append(positions[np.lexsort((positions, key))[:quota]])
+    if not kept:
+        return np.empty(0, dtype=np.int64)
+    return np.sort(np.concatenate(kept)).astype(np.int64)
