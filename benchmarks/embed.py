@@ -58,13 +58,19 @@ This is a benchmark, not a test: it is not collected by pytest and asserts nothi
 
 from __future__ import annotations
 
+import os
+import sys
+
+# benchmarks/select.py shares its name with the standard-library module `select`, which
+# subprocess imports: keep this folder off sys.path, so `python benchmarks/X.py` gets the real one.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
 import argparse
 import json
-import os
 import platform
 import resource
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
