@@ -17,7 +17,7 @@ from gristmill.errors import ConfigError
 from gristmill.selectors.pool import Pool
 from gristmill.selectors.quota import allocate_quota
 from gristmill.selectors.result import SelectionResult
-from gristmill.selectors.ssp import _keep_per_cluster
+from gristmill.selectors.within import keep_per_cluster
 
 NEEDS_CLUSTERS = True
 SPHERICAL_ONLY = True
@@ -61,7 +61,7 @@ def select(pool: Pool, budget: int, *, seed: int, tau: float = 0.5, floor: float
     quotas[live] = allocate_quota(budget * probability, budget,
                                   lower=_floor_quota(budget, sizes[live], floor),
                                   upper=sizes[live])
-    selected = _keep_per_cluster(members, quotas, distance, keep, np.random.default_rng(seed))
+    selected = keep_per_cluster(members, quotas, distance, keep, np.random.default_rng(seed))
     stats = {name: _per_cluster(values, live, len(sizes)) for name, values in (
         ("complexity", complexity), ("probability", probability), ("d_intra", d_intra),
         ("d_inter", d_inter))}

@@ -27,7 +27,7 @@ from scipy import sparse
 
 from gristmill.errors import ConfigError
 from gristmill.selectors.pool import Pool
-from gristmill.selectors.quota import allocate_quota
+from gristmill.selectors.quota import proportional_quota
 from gristmill.selectors.result import SelectionResult
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def _groups(pool: Pool, budget: int, local_above: int
     if pool.size > local_above and pool.labels is not None:
         members = [rows for rows in pool.members() if len(rows)]
         sizes = np.array([len(rows) for rows in members], dtype=np.int64)
-        quotas = allocate_quota(sizes * (budget / pool.size), budget, upper=sizes)
+        quotas = proportional_quota(sizes, budget)
         kept = [i for i, quota in enumerate(quotas) if quota > 0]
         return [members[i] for i in kept], [int(quotas[i]) for i in kept], "cluster-local"
     if pool.size > local_above:

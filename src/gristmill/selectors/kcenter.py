@@ -21,7 +21,7 @@ import numpy as np
 
 from gristmill.errors import ConfigError
 from gristmill.selectors.pool import Pool
-from gristmill.selectors.quota import allocate_quota
+from gristmill.selectors.quota import proportional_quota
 from gristmill.selectors.result import SelectionResult
 
 log = logging.getLogger(__name__)
@@ -154,10 +154,7 @@ def _cluster_local(pool: Pool, budget: int, seed: int
     """Greedy within each cluster on a size-proportional share of the budget."""
     members = pool.members()
     sizes = np.array([len(rows) for rows in members], dtype=np.int64)
-    quotas = np.zeros(len(members), dtype=np.int64)
-    filled = np.flatnonzero(sizes > 0)
-    quotas[filled] = allocate_quota(sizes[filled] * (budget / pool.size), budget,
-                                    upper=sizes[filled])
+    quotas = proportional_quota(sizes, budget)
     seeds = np.random.SeedSequence(seed).spawn(len(members))
     scores = np.full(pool.size, np.nan, dtype=np.float32)
     chosen = []

@@ -224,9 +224,13 @@ def _check_finite(pool: Pool) -> None:
 
 
 def _mean_centroids(vectors: np.ndarray, labels: np.ndarray, spherical: bool) -> np.ndarray:
+    from scipy import sparse
+
     k = int(labels.max()) + 1 if len(labels) else 0
-    sums = np.zeros((k, vectors.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, vectors)
+    # A sparse one-hot product sums each cluster's rows in one pass (np.add.at is ~100x slower).
+    onehot = sparse.csr_matrix((np.ones(len(labels), np.float32),
+                                (labels, np.arange(len(labels)))), shape=(k, len(labels)))
+    sums = np.asarray(onehot @ vectors, dtype=np.float64)
     counts = np.maximum(np.bincount(labels, minlength=k), 1)[:, None]
     centroids = sums / counts
     if spherical:

@@ -101,3 +101,14 @@ def _round(values: np.ndarray, total: int, lo: np.ndarray, hi: np.ndarray) -> np
                     base[index] -= 1
                     remainder += 1
     return base
+
+
+def proportional_quota(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Split `total` across groups in proportion to `sizes`, each capped at its size.
+
+    Example:
+        >>> proportional_quota(np.array([20, 40, 60, 0]), 60).tolist()
+        [10, 20, 30, 0]
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    return allocate_quota(sizes * (total / max(int(sizes.sum()), 1)), total, upper=sizes)

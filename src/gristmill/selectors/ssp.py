@@ -13,9 +13,9 @@ import numpy as np
 
 from gristmill.errors import ConfigError
 from gristmill.selectors.pool import Pool
-from gristmill.selectors.quota import allocate_quota
+from gristmill.selectors.quota import proportional_quota
 from gristmill.selectors.result import SelectionResult
-from gristmill.selectors.sampling import sample_uniform
+from gristmill.selectors.within import keep_per_cluster
 from gristmill.storage.clusters import COSINE_SIMILARITY
 
 NEEDS_CLUSTERS = True
@@ -44,9 +44,9 @@ def select(pool: Pool, budget: int, *, seed: int, keep: str = "hard") -> Selecti
         raise ConfigError(f"`keep` must be one of {', '.join(KEEPS)}, got {keep!r}")
     members = pool.members()
     sizes = np.array([len(m) for m in members], dtype=np.int64)
-    quotas = allocate_quota(budget * sizes / pool.size, budget, upper=sizes)
+    quotas = proportional_quota(sizes, budget)
     distance = _centroid_distance(pool)
-    selected = _keep_per_cluster(members, quotas, distance, keep, np.random.default_rng(seed))
+    selected = keep_per_cluster(members, quotas, distance, keep, np.random.default_rng(seed))
     stats = {"quotas": quotas.tolist(), "sizes": sizes.tolist()}
     return SelectionResult(selected, distance, "prototypical", stats=stats,
                            params={"keep": keep})
@@ -58,24 +58,3 @@ def _centroid_distance(pool: Pool) -> np.ndarray:
     if pool.dist_metric == COSINE_SIMILARITY:
         return (1.0 - pool.dist).astype(np.float32)
     return pool.dist.astype(np.float32)
-
-
-def _keep_per_cluster(members: list[np.ndarray], quotas: np.ndarray, distance: np.ndarray,
-                      keep: str, rng: np.random.Generator) -> np.ndarray:
-    """(m,) int64 sorted positions: `quotas[c]` rows of each cluster, chosen by `keep`.
-
-    "hard" keeps the largest `distance` (ties: lower pool position), "easy" the smallest,
-    "random" a uniform subset drawn from `rng`. Shared by SSP and DBP.
-    """
-    kept = []
-    for positions, quota in zip(members, quotas, strict=True):
-        if quota == 0:
-            continue
-        if keep == "random":
-            kept.append(positions[sample_uniform(len(positions), int(quota), rng)])
-            continue
-        key = -distance[positions] if keep == "hard" else distance[positions]
-        kept.append(positions[np.lexsort((positions, key))[:quota]])
-    if not kept:
-        return np.empty(0, dtype=np.int64)
-    return np.sort(np.concatenate(kept)).astype(np.int64)
