@@ -93,7 +93,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("gristmill", "gristmill-spherical", "faiss", "sklearn-kmeans",
+# gristmill-all trains on every row (--sample-per-centroid above n / k), the like-for-like
+# row against sklearn KMeans, which always uses every row.
+CONTENDERS = ("gristmill", "gristmill-spherical", "gristmill-all", "faiss", "sklearn-kmeans",
               "sklearn-minibatch")
 MIB = 1 << 20
 GEN_CHUNK = 65_536
@@ -546,10 +548,12 @@ def _contender(name: str, args: argparse.Namespace, scratch: Path) -> tuple[Any,
     if name.startswith("gristmill"):
         from gristmill.selectors.clustering import cluster_embeddings
 
+        per_centroid = -(-args.rows // k) + 1 if name == "gristmill-all" else SAMPLE_PER_CENTROID
+
         def run_gristmill(emb: str) -> tuple[Any, dict[str, Any]]:
             result = cluster_embeddings(emb, scratch / "clusters", k=k,
                                         spherical=name == "gristmill-spherical", niter=niter,
-                                        seed=seed, sample_per_centroid=SAMPLE_PER_CENTROID,
+                                        seed=seed, sample_per_centroid=per_centroid,
                                         device=args.device, overwrite=True)
             m = result.store.manifest
             return result.store.centroids(), {
@@ -665,14 +669,18 @@ def goals(best: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str]:
         return out, "goals: n/a (gristmill was not run)"
     if "sklearn-kmeans" in best:
         s = best["sklearn-kmeans"]
-        speedup = _ratio(s["seconds"], g["seconds"])
-        excess = _ratio(g["mean_inertia"], s["mean_inertia"]) - 1
-        out["sklearn-kmeans"] = {"speedup": speedup, "inertia_excess": excess,
-                                 "met": speedup >= GOAL_SKLEARN_SPEEDUP
-                                 and excess <= GOAL_INERTIA_SLACK,
-                                 "text": f">= {GOAL_SKLEARN_SPEEDUP:g}x sklearn KMeans at "
-                                         f"<= +{GOAL_INERTIA_SLACK:.1%} inertia "
-                                         f"({speedup:.1f}x, {excess:+.2%})"}
+        # Either gristmill row may meet it: the default sample, or training on every row.
+        for row in ("gristmill", "gristmill-all"):
+            if row not in best:
+                continue
+            speedup = _ratio(s["seconds"], best[row]["seconds"])
+            excess = _ratio(best[row]["mean_inertia"], s["mean_inertia"]) - 1
+            out[f"sklearn-kmeans ({row})"] = {
+                "speedup": speedup, "inertia_excess": excess,
+                "met": speedup >= GOAL_SKLEARN_SPEEDUP and excess <= GOAL_INERTIA_SLACK,
+                "text": f">= {GOAL_SKLEARN_SPEEDUP:g}x sklearn KMeans at <= "
+                        f"+{GOAL_INERTIA_SLACK:.1%} inertia, {row} ({speedup:.1f}x, "
+                        f"{excess:+.2%})"}
     if "sklearn-minibatch" in best:
         m = best["sklearn-minibatch"]
         speedup = _ratio(m["seconds"], g["seconds"])

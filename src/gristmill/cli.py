@@ -265,7 +265,7 @@ def select_rows(
               "stratify": stratify, "target": target}
     written = run_selection(method, corpus=corpus, embeddings=embeddings, out=out,
                             budget=budget, clusters=clusters, pool=pool, seed=seed, k=k,
-                            overwrite=overwrite, params=params)
+                            overwrite=overwrite, params=params, progress=sys.stderr.isatty())
     table = Table(title=f"{method}: {written.manifest['rows']:,} of "
                         f"{written.manifest['pool']['rows']:,} rows -> {written.path}")
     for name in ("domain", "pool", "selected", "kept"):

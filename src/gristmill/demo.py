@@ -85,7 +85,8 @@ def _select(out: Path, corpus: Path, embeddings: Path, result: DemoResult,
     for method, budget, pool, params in steps:
         written = run_selection(method, corpus=corpus, embeddings=embeddings,
                                 clusters=clustered.store.path, pool=pool, budget=budget,
-                                out=out / method, params=params, reuse=True)
+                                out=out / method, params=params, reuse=True,
+                                progress=progress)
         result.outputs[method] = written.path
         result.status[method] = written.status
         result.summary[method] = (f"{method}: kept {written.manifest['rows']:,} of "

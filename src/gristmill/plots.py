@@ -12,6 +12,13 @@ from typing import Any
 import numpy as np
 
 
+def preload_pyplot() -> None:
+    """Import matplotlib on a daemon thread, so a later plot does not wait for it."""
+    import threading
+
+    threading.Thread(target=_pyplot, name="import-matplotlib", daemon=True).start()
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -42,7 +49,8 @@ def plot_cluster_sizes(sizes: np.ndarray, path: Path, *, title: str) -> Path:
     right.set_yscale("log" if len(positive) else "linear")
     right.set_title("sizes by rank")
     fig.suptitle(title)
-    fig.tight_layout()
+    # Fixed margins: tight_layout measured 0.33 s per plot for the same result here.
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.84, wspace=0.25)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -222,3 +222,20 @@ def test_kmq_clusters_on_the_fly_and_keeps_them(real_stores, tmp_path):
     assert not list(tmp_path.glob(".kmq*"))
     missing = select(real_stores, tmp_path / "x", "kmq", "--budget", 30)
     assert missing.exit_code == 2 and "--clusters" in missing.output
+
+
+@pytest.mark.gpu
+def test_gpu_clustering_matches_cpu_quality(real_stores, tmp_path):
+    """faiss-gpu k-means gives the same kind of answer as CPU (centroids differ by device,
+    ALGORITHMS.md 10.5): every row assigned, inertia within 5 %."""
+    faiss = pytest.importorskip("faiss")
+    if faiss.get_num_gpus() == 0:
+        pytest.skip("faiss has no GPU support here (faiss-cpu)")
+    from gristmill.selectors.clustering import cluster_embeddings
+
+    cpu = cluster_embeddings(real_stores["emb"], tmp_path / "cpu", k=6, device="cpu")
+    gpu = cluster_embeddings(real_stores["emb"], tmp_path / "gpu", k=6, device="cuda")
+    assert gpu.store.manifest["device"].endswith("GPU(s)")
+    assert sum(gpu.store.manifest["sizes"]) == real_stores["rows"]
+    ratio = gpu.store.manifest["mean_inertia"] / cpu.store.manifest["mean_inertia"]
+    assert 0.95 <= ratio <= 1.05

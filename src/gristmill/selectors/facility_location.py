@@ -78,7 +78,8 @@ def select(pool: Pool, budget: int, *, seed: int, knn: int = 20,
     scores = np.full(pool.size, np.nan, dtype=np.float32)
     medoid = np.full(pool.size, -1, dtype=np.int64)
     chosen, objective = [], 0.0
-    for rows, quota in zip(groups, quotas, strict=True):
+    for rows, quota in pool.track(list(zip(groups, quotas, strict=True)),
+                                  "facility-location: groups"):
         graph = _knn_graph(pool.vectors(rows), knn)
         order, gains = _lazy_greedy(graph, quota)
         local_medoid, similarity = _assign(graph, order)

@@ -158,7 +158,7 @@ def _cluster_local(pool: Pool, budget: int, seed: int
     seeds = np.random.SeedSequence(seed).spawn(len(members))
     scores = np.full(pool.size, np.nan, dtype=np.float32)
     chosen = []
-    for cluster in np.flatnonzero(quotas):
+    for cluster in pool.track(np.flatnonzero(quotas).tolist(), "kcenter: clusters"):
         rows = members[cluster]
         rng = np.random.default_rng(seeds[cluster])
         order, local = _greedy(pool.vectors(rows), int(quotas[cluster]), rng)

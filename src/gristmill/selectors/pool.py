@@ -9,10 +9,10 @@ gathered per cluster or per chunk, so a pool never holds the whole store in RAM 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow.compute as pc
@@ -24,6 +24,7 @@ from gristmill.storage.embeddings import EmbeddingStore
 from gristmill.storage.selection import SelectedRows, read_selection
 
 CHUNK_ROWS = 65_536
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Pool:
     embeddings: EmbeddingStore | None = None
     clusters: ClusterStore | None = None
     source: SelectedRows | None = None
+    progress: bool = False  # show a rich progress bar in `track`
     _vectors: np.ndarray | None = None
     _texts: list[str] | None = None
 
@@ -111,6 +113,15 @@ class Pool:
             out /= np.where(norms > 0, norms, 1.0)
         return out
 
+    def track(self, groups: Sequence[T], description: str) -> Iterator[T]:
+        """Iterate `groups` (clusters, chunks), with a progress bar when `self.progress`."""
+        if not self.progress:
+            yield from groups
+            return
+        from rich.progress import track
+
+        yield from track(groups, description=description, transient=True)
+
     def iter_chunks(self, chunk_rows: int = CHUNK_ROWS, *, normalize: bool = True
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield `(pool positions, (m, d) float32 vectors)` in order, `chunk_rows` at a time."""
@@ -167,7 +178,7 @@ class Pool:
 
 
 def load_pool(corpus: str | Path, embeddings: str | Path, *, clusters: str | Path | None = None,
-              pool: str | Path | None = None) -> Pool:
+              pool: str | Path | None = None, progress: bool = False) -> Pool:
     """Open and cross-check the stores a selector reads, and build its pool.
 
     Refuses embeddings computed from another corpus, clusters computed from other embeddings,
@@ -181,7 +192,7 @@ def load_pool(corpus: str | Path, embeddings: str | Path, *, clusters: str | Pat
     if len(rows) == 0:
         raise InputError(f"the pool is empty ({pool or corpus}); nothing to select from")
     result = Pool(rows=rows, dim=emb.dim, corpus=store, embeddings=emb, source=source,
-                  **_domains(store, rows))
+                  progress=progress, **_domains(store, rows))
     if clusters is not None:
         _attach_clusters(result, ClusterStore.open(clusters), emb)
     _check_finite(result)

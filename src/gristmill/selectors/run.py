@@ -26,7 +26,7 @@ def run_selection(method: str, *, corpus: str | Path, embeddings: str | Path, ou
                   budget: str | int | None = None, clusters: str | Path | None = None,
                   pool: str | Path | None = None, seed: int = 0, k: str | int | None = None,
                   overwrite: bool = False, params: dict[str, Any] | None = None,
-                  reuse: bool = False) -> WrittenSelection:
+                  reuse: bool = False, progress: bool = False) -> WrittenSelection:
     """Run selector `method` over the stores and write the selection store `out`.
 
     With `reuse`, an existing output made by the same request over the same inputs is
@@ -50,8 +50,10 @@ def run_selection(method: str, *, corpus: str | Path, embeddings: str | Path, ou
         scratch = _cluster_on_the_fly(embeddings, out, k, seed)
         clusters = scratch
     try:
-        loaded = load_pool(corpus, embeddings, clusters=clusters, pool=pool)
+        loaded = load_pool(corpus, embeddings, clusters=clusters, pool=pool, progress=progress)
         result = select(method, loaded, budget, seed=seed, **params)
+        log.info("%s kept %d of %d rows (%s)", method, len(result.selected), loaded.size,
+                 result.params)
         return write_selection(out, loaded, result, method=method,
                                budget=None if budget is None else str(budget), seed=seed,
                                overwrite=overwrite or reuse, extra_inputs=_inputs(params),

@@ -143,7 +143,7 @@ def _cluster_similarities(pool: Pool, members: list[np.ndarray], order: str, chu
     rng = np.random.default_rng(seed)
     cosine = pool.cosine_to_centroid()
     similarity = np.full(pool.size, -np.inf, dtype=np.float32)
-    for positions in members:
+    for positions in pool.track(members, "semdedup: clusters"):
         ordered = _order_cluster(positions, cosine[positions], order, rng)
         vectors = pool.vectors(ordered, normalize=True)
         similarity[ordered] = _max_earlier_similarity(vectors, chunk_rows)
