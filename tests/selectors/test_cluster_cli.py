@@ -239,3 +239,30 @@ def test_gpu_clustering_matches_cpu_quality(real_stores, tmp_path):
     assert sum(gpu.store.manifest["sizes"]) == real_stores["rows"]
     ratio = gpu.store.manifest["mean_inertia"] / cpu.store.manifest["mean_inertia"]
     assert 0.95 <= ratio <= 1.05
+
+
+def test_embeddings_of_a_selection_cluster_only_their_rows(real_stores, tmp_path):
+    """Rows outside an `embed --selection` are NaN by design: cluster -1, and a selector
+    whose pool is that selection works on the embedded rows only."""
+    from gristmill.embed import embed_store
+
+    sel = tmp_path / "sel"
+    assert select(real_stores, sel, "random", "--budget", 40, "--seed", 2).exit_code == 0
+    partial = embed_store(real_stores["corpus"], tmp_path / "emb", selection=sel,
+                          max_tokens=64).store.path
+    result = cli("cluster", partial, "--k", 4, "--out", tmp_path / "cl")
+    assert result.exit_code == 0, result.output
+    labels, dist = ClusterStore.open(tmp_path / "cl").read_all()
+    chosen = read_selection(sel).rows
+    assert np.all(labels[chosen] >= 0) and np.isfinite(dist[chosen]).all()
+    outside = np.setdiff1d(np.arange(real_stores["rows"]), chosen)
+    assert np.all(labels[outside] == -1) and np.isnan(dist[outside]).all()
+    assert ClusterStore.open(tmp_path / "cl").manifest["clustered_rows"] == 40
+    kept = cli("select", "kmq", "--corpus", real_stores["corpus"], "--embeddings", partial,
+               "--clusters", tmp_path / "cl", "--pool", sel, "--budget", 12,
+               "--out", tmp_path / "kmq")
+    assert kept.exit_code == 0, kept.output
+    assert set(read_selection(tmp_path / "kmq").rows) <= set(chosen)
+    whole = cli("select", "random", "--corpus", real_stores["corpus"], "--embeddings",
+                partial, "--budget", 5, "--out", tmp_path / "bad")
+    assert whole.exit_code == 2 and "NaN" in whole.output

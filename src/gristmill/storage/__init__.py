@@ -5,16 +5,19 @@ group; `summarize` gives per-domain counts and length percentiles.
 """
 
 from gristmill.storage.atomic import atomic_directory, check_output
+from gristmill.storage.clusters import ClusterStore, open_clusters
 from gristmill.storage.corpus import CorpusStore, Shard, open_store
 from gristmill.storage.info import summarize
 from gristmill.storage.ingest import ingest
 
 __all__ = [
+    "ClusterStore",
     "CorpusStore",
     "Shard",
     "atomic_directory",
     "check_output",
     "ingest",
+    "open_clusters",
     "open_store",
     "summarize",
 ]
