@@ -274,6 +274,12 @@ def select_rows(
         table.add_row(row["domain"], f"{row['pool']:,}", f"{row['selected']:,}",
                       f"{100 * row['kept_fraction']:.1f}%")
     out_console.print(table)
+    m = written.manifest
+    shown = {k: v for k, v in m["params"].items()
+             if v is not None and not isinstance(v, list | dict)}
+    out_console.print(f"{method}: kept {m['rows']:,}, dropped {m['dropped']:,} "
+                      f"({m['reason']}); {', '.join(f'{k}={v}' for k, v in shown.items())}",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()

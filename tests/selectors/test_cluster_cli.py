@@ -151,6 +151,12 @@ def test_semdedup_then_dbp_compose(real_stores, clustered, tmp_path):
     originals = {c.removeprefix("copy-of-") for c in copies}
     gone = {d["id"] for d in dropped}
     assert len(gone & (copies | originals)) == len(copies)
+    # The dropped file names what each dropped row duplicates: its planted twin.
+    pair = {c: c.removeprefix("copy-of-") for c in copies} | {
+        c.removeprefix("copy-of-"): c for c in copies}
+    for row in dropped:
+        if row["id"] in pair:
+            assert row["related_id"] == pair[row["id"]] and row["score"] > 0.999
     pruned = tmp_path / "dbp"
     result = cli("select", "dbp", "--corpus", real_stores["corpus"], "--embeddings",
                  real_stores["emb"], "--clusters", clustered, "--pool", dedup, "--budget",

@@ -6,6 +6,7 @@ Layout (DESIGN.md, Data contracts: Selection manifest):
     SEL/part-00000.parquet         one row per selected document: id, row, weight, selector,
                                    score, cluster (-1 without clusters), sorted by row
     SEL/_dropped/part-00000.parquet  pool rows not kept: id, row, reason, score, cluster
+                                   (semdedup adds related_row, related_id: what it duplicates)
     SEL/_stats/stats.json          the method's statistics and the per-domain table
     SEL/_stats/by_domain.png       rows per domain, pool vs selection
 
@@ -133,14 +134,23 @@ def _kept_table(pool: Pool, result: SelectionResult, method: str, kept_rows: np.
 
 def _dropped_table(pool: Pool, result: SelectionResult, dropped: np.ndarray,
                    ids: np.ndarray) -> pa.Table:
-    return pa.table({
+    columns = {
         "id": pa.array(ids[dropped], pa.string()),
         "row": pa.array(pool.rows[dropped], pa.int64()),
         "reason": pa.DictionaryArray.from_arrays(np.zeros(len(dropped), np.int32),
                                                  [result.reason]),
         "score": pa.array(result.scores[dropped], pa.float32()),
         "cluster": pa.array(_cluster_of(pool, dropped), pa.int32()),
-    })
+    }
+    if result.related is not None:
+        # semdedup: the kept-or-earlier row each dropped row is a near-duplicate of.
+        related = result.related[dropped]
+        known = related >= 0
+        columns["related_row"] = pa.array(np.where(known, pool.rows[np.maximum(related, 0)],
+                                                   -1), pa.int64())
+        columns["related_id"] = pa.array(np.where(known, ids[np.maximum(related, 0)], None),
+                                         pa.string())
+    return pa.table(columns)
 
 
 def _by_domain(pool: Pool, selected: np.ndarray) -> list[dict[str, Any]]:

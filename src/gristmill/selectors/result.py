@@ -30,6 +30,8 @@ class SelectionResult:
         weights: (m,) float32 sampling multiplicity of each kept row (None: all 1).
         stats: method statistics (per-cluster quotas, eps found...), written to the manifest.
         params: the parameters as resolved (defaults filled in, eps found by search...).
+        related: (n,) int64 pool position of the row each row relates to (semdedup: the
+            earlier near-duplicate; -1: none), written for dropped rows; None when unused.
     """
 
     selected: np.ndarray
@@ -38,6 +40,7 @@ class SelectionResult:
     weights: np.ndarray | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    related: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.selected = np.asarray(self.selected, dtype=np.int64)

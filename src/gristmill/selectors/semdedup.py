@@ -65,7 +65,8 @@ def select(pool: Pool, budget: int | None, *, seed: int, eps: float | None = Non
 
     Returns:
         `SelectionResult` with scores (n,) float32 = `m_j`, -1.0 for the first item of each
-        cluster (no earlier item); reason "near_duplicate".
+        cluster (no earlier item); reason "near_duplicate"; `related` the earlier row each
+        row is most similar to (what a dropped row duplicates).
 
     Example:
         >>> result = select(pool, None, seed=0, eps=0.05)       # doctest: +SKIP
@@ -75,7 +76,7 @@ def select(pool: Pool, budget: int | None, *, seed: int, eps: float | None = Non
     _check_options(order, chunk_rows, max_memory_gb)
     members = [m for m in pool.members() if len(m)]
     _check_memory(pool, members, chunk_rows, max_memory_gb)
-    similarity = _cluster_similarities(pool, members, order, chunk_rows, seed)
+    similarity, related = _cluster_similarities(pool, members, order, chunk_rows, seed)
     if rows is None:
         assert eps is not None
         selected = np.flatnonzero(similarity.astype(np.float64) <= 1.0 - eps)
@@ -87,7 +88,8 @@ def select(pool: Pool, budget: int | None, *, seed: int, eps: float | None = Non
     params = {"eps": float(eps), "keep_fraction": keep_fraction, "order": order,
               "chunk_rows": int(chunk_rows), "mode": "eps" if rows is None else "budget"}
     scores = np.where(np.isfinite(similarity), similarity, -1.0).astype(np.float32)
-    return SelectionResult(selected, scores, "near_duplicate", stats=stats, params=params)
+    return SelectionResult(selected, scores, "near_duplicate", stats=stats, params=params,
+                           related=related)
 
 
 def _target_rows(n: int, budget: int | None, eps: float | None,
@@ -138,16 +140,20 @@ def _check_memory(pool: Pool, members: list[np.ndarray], chunk_rows: int,
 
 
 def _cluster_similarities(pool: Pool, members: list[np.ndarray], order: str, chunk_rows: int,
-                          seed: int) -> np.ndarray:
-    """(n,) float32 `m_j` of every pool row (-inf for the first item of its cluster)."""
+                          seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) float32 `m_j` of every pool row (-inf for the first item of its cluster), and
+    (n,) int64 pool position of the earlier row reaching it (-1 for first items)."""
     rng = np.random.default_rng(seed)
     cosine = pool.cosine_to_centroid()
     similarity = np.full(pool.size, -np.inf, dtype=np.float32)
+    related = np.full(pool.size, -1, dtype=np.int64)
     for positions in pool.track(members, "semdedup: clusters"):
         ordered = _order_cluster(positions, cosine[positions], order, rng)
         vectors = pool.vectors(ordered, normalize=True)
-        similarity[ordered] = _max_earlier_similarity(vectors, chunk_rows)
-    return similarity
+        sims, nearest = _max_earlier(vectors, chunk_rows)
+        similarity[ordered] = sims
+        related[ordered] = np.where(nearest >= 0, ordered[np.maximum(nearest, 0)], -1)
+    return similarity, related
 
 
 def _order_cluster(positions: np.ndarray, cosine: np.ndarray, order: str,
@@ -160,7 +166,12 @@ def _order_cluster(positions: np.ndarray, cosine: np.ndarray, order: str,
 
 
 def _max_earlier_similarity(vectors: np.ndarray, chunk_rows: int = 4096) -> np.ndarray:
-    """`m_j = max_{i<j} e_i . e_j` for rows already in processing order.
+    """`m_j = max_{i<j} e_i . e_j` for rows already in processing order ((n,) float32)."""
+    return _max_earlier(vectors, chunk_rows)[0]
+
+
+def _max_earlier(vectors: np.ndarray, chunk_rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """`m_j = max_{i<j} e_i . e_j` and the `i` reaching it, for rows in processing order.
 
     Block `[s, e)` of items `j` is multiplied against items `0 .. e-1` only (the earlier ones
     and the block itself), and the pairs with `i >= j` in the block's own square are masked.
@@ -171,12 +182,14 @@ def _max_earlier_similarity(vectors: np.ndarray, chunk_rows: int = 4096) -> np.n
         chunk_rows: items `j` per block (at most `_BLOCK_ROWS`).
 
     Returns:
-        (n,) float32; -inf for the first item (it has no earlier item).
+        (n,) float32 `m_j` (-inf for the first item: it has no earlier item) and (n,) int64
+        index of the most similar earlier item (-1 for the first item).
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(vectors)
     chunk_rows = max(1, min(chunk_rows, _BLOCK_ROWS, n))
     out = np.full(n, -np.inf, dtype=np.float32)
+    nearest = np.full(n, -1, dtype=np.int64)
     # Strict lower triangle is kept: in the block's square, column i < row j is "earlier".
     upper = np.triu(np.ones((chunk_rows, chunk_rows), dtype=bool))
     for start in range(0, n, chunk_rows):
@@ -184,8 +197,11 @@ def _max_earlier_similarity(vectors: np.ndarray, chunk_rows: int = 4096) -> np.n
         gram = vectors[start:stop] @ vectors[:stop].T
         square = gram[:, start:stop]
         square[upper[: stop - start, : stop - start]] = -np.inf
-        out[start:stop] = gram.max(axis=1)
-    return out
+        best = gram.argmax(axis=1)
+        out[start:stop] = gram[np.arange(stop - start), best]
+        nearest[start:stop] = best
+    nearest[out == -np.inf] = -1
+    return out, nearest
 
 
 def _keep_least_similar(similarity: np.ndarray, rows: int, clusters: int
