@@ -1,0 +1,132 @@
+"""Turn plan rows into model inputs: token ids, labels, restarting positions, varlen metadata.
+
+Layout of one micro-batch of R rows (ALGORITHMS.md 7.4, 7.7), every tensor [R, seq_len]:
+
+- `input_ids`: segments back to back, then `pad_id` to the end of the row.
+- `labels`: input_ids (the model shifts, Hugging Face convention), -100 on each segment's first
+  token (nothing before it in its document's context: no cross-document prediction) and on
+  padding.
+- `position_ids`: 0..len-1 per segment. A row's padding tail is one pseudo-sequence of its own
+  and restarts at 0 too, so boundaries inferred from position resets (HF padding-free) agree
+  with `cu_seqlens`.
+- `doc_ids`: source document per token, -1 on padding.
+- `cu_seqlens`: (s + 1,) int32 over the flattened [R * seq_len] tokens, FlashAttention varlen
+  style: one sequence per segment plus one per padded row's tail, so cu_seqlens[-1] ==
+  R * seq_len; `max_seqlen` is a Python int over the same sequences.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gristmill.errors import ConfigError, InputError
+from gristmill.packing.plan import PackPlan
+
+IGNORE_INDEX = -100  # the loss ignore label of PyTorch cross_entropy and Hugging Face models
+
+
+def build_rows(plan: PackPlan, tokens: np.ndarray, doc_offsets: np.ndarray, *, pad_id: int,
+               rows: np.ndarray | None = None, return_tensors: str = "np") -> dict[str, Any]:
+    """Materialise plan rows as a packed micro-batch.
+
+    Args:
+        plan: the packing plan.
+        tokens: (T,) uint32 or int64 token ids of all documents back to back.
+        doc_offsets: (n + 1,) int64; document i is tokens[doc_offsets[i]:doc_offsets[i + 1]].
+        pad_id: token id for padding.
+        rows: (R,) plan row indices forming the micro-batch; default every row.
+        return_tensors: "np" for numpy arrays, "pt" for torch tensors.
+
+    Returns:
+        dict with input_ids, labels, position_ids, doc_ids ([R, seq_len] int64), cu_seqlens
+        ((s + 1,) int32), max_seqlen (int) and segments (list of {"doc", "start", "end", "row",
+        "offset"} per real segment, row = position in the micro-batch).
+    """
+    if return_tensors not in ("np", "pt"):
+        raise ConfigError(f"`return_tensors` must be 'np' or 'pt', got {return_tensors!r}")
+    rows = _check_rows(plan, rows)
+    seg, row_local = _gather(plan, rows)
+    segs = plan.segments
+    doc, start, length = segs.doc[seg], segs.start[seg], segs.length[seg]
+    _check_source(doc, segs.end[seg], doc_offsets)
+    fill = np.bincount(row_local, weights=length, minlength=rows.size).astype(np.int64)
+    offset = np.cumsum(length) - length - (np.cumsum(fill) - fill)[row_local]
+    within = np.arange(int(length.sum()), dtype=np.int64) - np.repeat(np.cumsum(length) - length,
+                                                                      length)
+    dst = np.repeat(row_local * plan.seq_len + offset, length) + within
+    src = np.repeat(np.asarray(doc_offsets, dtype=np.int64)[doc] + start, length) + within
+    out = _fill_tensors(plan.seq_len, rows.size, fill, dst, within,
+                        np.asarray(tokens)[src].astype(np.int64), np.repeat(doc, length), pad_id)
+    out.update(_varlen(plan.seq_len, fill, row_local, length))
+    out["segments"] = [{"doc": d, "start": s, "end": s + n, "row": r, "offset": o}
+                       for d, s, n, r, o in zip(doc.tolist(), start.tolist(), length.tolist(),
+                                                row_local.tolist(), offset.tolist(), strict=True)]
+    if return_tensors == "pt":
+        import torch
+
+        out = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in out.items()}
+    return out
+
+
+def _check_rows(plan: PackPlan, rows: np.ndarray | None) -> np.ndarray:
+    if rows is None:
+        return np.arange(plan.num_rows, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= plan.num_rows):
+        raise ConfigError(f"`rows` must be in [0, {plan.num_rows}), got {rows.min()}.."
+                          f"{rows.max()}; pass indices of this plan's rows")
+    return rows
+
+
+def _gather(plan: PackPlan, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Segment indices of `rows` in layout order, and the micro-batch row of each."""
+    lo, hi = plan.row_offsets[rows], plan.row_offsets[rows + 1]
+    counts = hi - lo
+    pos = np.arange(int(counts.sum()), dtype=np.int64)
+    pos += np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    return plan.order[pos], np.repeat(np.arange(rows.size, dtype=np.int64), counts)
+
+
+def _check_source(doc: np.ndarray, end: np.ndarray, doc_offsets: np.ndarray) -> None:
+    doc_offsets = np.asarray(doc_offsets, dtype=np.int64)
+    if doc.size and doc.max() + 1 >= doc_offsets.size:
+        raise InputError(f"plan names document {int(doc.max())} but `doc_offsets` covers "
+                         f"{doc_offsets.size - 1} documents; pass the store the plan was made for")
+    short = np.flatnonzero(doc_offsets[doc + 1] - doc_offsets[doc] < end)
+    if short.size:
+        raise InputError(f"document {int(doc[short[0]])} is shorter in `doc_offsets` than in "
+                         f"the plan; pass the store the plan was made for")
+
+
+def _fill_tensors(seq_len: int, num_rows: int, fill: np.ndarray, dst: np.ndarray,
+                  within: np.ndarray, ids: np.ndarray, docs: np.ndarray,
+                  pad_id: int) -> dict[str, np.ndarray]:
+    """Scatter real tokens into [rows, seq_len] tensors; padding tails restart positions at 0."""
+    shape = (num_rows, seq_len)
+    col = np.arange(seq_len, dtype=np.int64)[None, :]
+    pad = col >= fill[:, None]
+    input_ids = np.full(shape, pad_id, dtype=np.int64)
+    position_ids = np.where(pad, col - fill[:, None], 0)
+    doc_ids = np.full(shape, -1, dtype=np.int64)
+    for arr, values in ((input_ids, ids), (position_ids, within), (doc_ids, docs)):
+        arr.reshape(-1)[dst] = values
+    labels = np.where(pad | (position_ids == 0), IGNORE_INDEX, input_ids)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+            "doc_ids": doc_ids}
+
+
+def _varlen(seq_len: int, fill: np.ndarray, row_local: np.ndarray,
+            length: np.ndarray) -> dict[str, Any]:
+    """cu_seqlens over segments plus each padded row's tail, in flattened token order."""
+    pad_len = seq_len - fill
+    padded = np.flatnonzero(pad_len > 0)
+    lens = np.concatenate([length, pad_len[padded]])
+    key = np.concatenate([row_local * 2, padded * 2 + 1])  # a row's tail comes after its segments
+    lens = lens[np.argsort(key, kind="stable")]
+    if fill.size * seq_len >= 2**31:
+        raise ConfigError(f"micro-batch of {fill.size} rows x {seq_len} overflows int32 "
+                          f"cu_seqlens; pass fewer `rows`")
+    cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    return {"cu_seqlens": cu, "max_seqlen": int(lens.max()) if lens.size else 0}
