@@ -1,5 +1,30 @@
-"""IterableDataset streams, mixing schedules, batch-size controllers, resumable state (issue #5).
+"""IterableDataset streams, mixing schedules, batch-size controllers, resumable state.
 
-Nothing here yet: the issue named above fills it in. Data flows one way,
-storage -> embed -> selectors -> packing -> samplers, and no stage imports a later one.
+The stream (`GristmillStream`) lands with issue #5; the batch-size controllers are here. Data
+flows one way, storage -> embed -> selectors -> packing -> samplers, and no stage imports a
+later one.
+
+Batch-size controllers (`controllers/`, ALGORITHMS.md 5.4 Design A): `make_controller(name, ...)`
+builds a `norm_test`, `noise_scale` or `schedule` controller whose `plan()` says how many fixed
+micro-batches to accumulate per optimizer step and the learning-rate multiplier.
 """
+
+from gristmill.samplers.controllers import (
+    CONTROLLERS,
+    BatchSizeController,
+    NoiseScaleController,
+    NormTestController,
+    Plan,
+    ScheduleController,
+    make_controller,
+)
+
+__all__ = [
+    "CONTROLLERS",
+    "BatchSizeController",
+    "NoiseScaleController",
+    "NormTestController",
+    "Plan",
+    "ScheduleController",
+    "make_controller",
+]
