@@ -42,9 +42,10 @@ import os
 import sys
 
 # benchmarks/select.py shares its name with the standard-library module `select`, which
-# subprocess imports: keep this folder off sys.path, so `python benchmarks/X.py` gets the real one.
+# subprocess imports: move this folder to the end of sys.path, so the standard library
+# wins and sibling scripts (`import cluster`) still import.
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
 
 import argparse
 import json

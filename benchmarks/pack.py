@@ -50,9 +50,10 @@ import os
 import sys
 
 # benchmarks/select.py shares its name with the standard-library module `select`, which
-# subprocess imports: keep this folder off sys.path, so `python benchmarks/X.py` gets the real one.
+# subprocess imports: move this folder to the end of sys.path, so the standard library
+# wins and sibling scripts (`import cluster`) still import.
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
 
 import argparse
 import json
@@ -61,20 +62,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def _load_sibling(name: str) -> Any:
-    """Import benchmarks/NAME.py by path (this folder is off sys.path, see above)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", Path(_HERE) / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_sibling("cluster")  # benchmarks/cluster.py: the shared measurement code
+import cluster as bench  # benchmarks/cluster.py: the shared measurement code
 
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parent.parent

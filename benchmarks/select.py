@@ -48,8 +48,8 @@ steps; the end-to-end time with clustering is printed beside it), and 0 disagree
 the naive SemDeDup.
 
 This file shares its name with the standard-library ``select`` module, which ``subprocess``
-imports: every script here removes its own folder from ``sys.path`` first (the guard below), and
-this one loads ``cluster.py`` by path.
+imports: every script here moves its own folder to the end of ``sys.path`` first (the guard
+below), so the standard library wins and ``import cluster`` still finds the sibling script.
 
 This is a benchmark, not a test: it is not collected by pytest and asserts nothing.
 """
@@ -60,9 +60,10 @@ import os
 import sys
 
 # benchmarks/select.py shares its name with the standard-library module `select`, which
-# subprocess imports: keep this folder off sys.path, so `python benchmarks/X.py` gets the real one.
+# subprocess imports: move this folder to the end of sys.path, so the standard library
+# wins and sibling scripts (`import cluster`) still import.
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
 
 import argparse
 import json
@@ -71,20 +72,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def _load_sibling(name: str) -> Any:
-    """Import benchmarks/NAME.py by path (this folder is off sys.path, see above)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", Path(_HERE) / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_sibling("cluster")  # benchmarks/cluster.py: the shared data and measurement code
+import cluster as bench  # benchmarks/cluster.py: the shared data and measurement code
 
 SCRIPT = Path(__file__).resolve()
 GOAL_SECONDS = 60.0

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gristmill.errors import ConfigError, InputError
+from gristmill.errors import ConfigError, GristmillError, InputError
 from gristmill.plots import plot_cluster_sizes, preload_pyplot
 from gristmill.storage.atomic import atomic_directory
 from gristmill.storage.clusters import (
@@ -261,7 +261,7 @@ def _assign_all(emb: EmbeddingStore, centroids: np.ndarray, spherical: bool, gpu
             x = np.asarray(array[start:start + CHUNK_ROWS], dtype=np.float32)
             finite = np.isfinite(x).all(axis=1)
             if not partial and not finite.all():
-                _refuse_nan(emb, start + _number_offset(emb, number) + np.flatnonzero(~finite))
+                _refuse_nan(emb, emb.shards[number].offset + start + np.flatnonzero(~finite))
             x = _unit(x[finite]) if spherical else x[finite]
             d, i = index.search(np.ascontiguousarray(x), 1)
             where = start + np.flatnonzero(finite)
@@ -273,10 +273,6 @@ def _assign_all(emb: EmbeddingStore, centroids: np.ndarray, spherical: bool, gpu
         shards.append(_write_shard(emb, number, labels, dist, tmp))
     bar(None)
     return shards, sizes, inertia
-
-
-def _number_offset(emb: EmbeddingStore, number: int) -> int:
-    return emb.shards[number].offset
 
 
 def _write_shard(emb: EmbeddingStore, number: int, labels: np.ndarray, dist: np.ndarray,
@@ -325,7 +321,7 @@ def _up_to_date(out: Path, key: str) -> ClusterStore | None:
         return None
     try:
         store = ClusterStore.open(out)
-    except Exception:  # a damaged store is rebuilt (with --overwrite) or refused below
+    except GristmillError:  # a damaged store is rebuilt (with --overwrite) or refused below
         return None
     return store if store.manifest.get("settings_key") == key else None
 
