@@ -51,15 +51,11 @@ def build_rows(plan: PackPlan, tokens: np.ndarray, doc_offsets: np.ndarray, *, p
     segs = plan.segments
     doc, start, length = segs.doc[seg], segs.start[seg], segs.length[seg]
     _check_source(doc, segs.end[seg], doc_offsets)
-    fill = np.bincount(row_local, weights=length, minlength=rows.size).astype(np.int64)
-    offset = np.cumsum(length) - length - (np.cumsum(fill) - fill)[row_local]
     within = np.arange(int(length.sum()), dtype=np.int64) - np.repeat(np.cumsum(length) - length,
                                                                       length)
-    dst = np.repeat(row_local * plan.seq_len + offset, length) + within
     src = np.repeat(np.asarray(doc_offsets, dtype=np.int64)[doc] + start, length) + within
-    out = _fill_tensors(plan.seq_len, rows.size, fill, dst, within,
-                        np.asarray(tokens)[src].astype(np.int64), np.repeat(doc, length), pad_id)
-    out.update(_varlen(plan.seq_len, fill, row_local, length))
+    out, offset = layout_rows(plan.seq_len, rows.size, row_local, length,
+                              np.asarray(tokens)[src].astype(np.int64), doc, pad_id=pad_id)
     out["segments"] = [{"doc": d, "start": s, "end": s + n, "row": r, "offset": o}
                        for d, s, n, r, o in zip(doc.tolist(), start.tolist(), length.tolist(),
                                                 row_local.tolist(), offset.tolist(), strict=True)]
@@ -68,6 +64,40 @@ def build_rows(plan: PackPlan, tokens: np.ndarray, doc_offsets: np.ndarray, *, p
 
         out = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in out.items()}
     return out
+
+
+def layout_rows(seq_len: int, num_rows: int, row_local: np.ndarray, length: np.ndarray,
+                ids: np.ndarray, seg_labels: np.ndarray, *,
+                pad_id: int) -> tuple[dict[str, Any], np.ndarray]:
+    """Lay segments out back to back in their rows; the tensors of a packed micro-batch.
+
+    Args:
+        seq_len: tokens per row.
+        num_rows: rows in the micro-batch (rows without segments are all padding).
+        row_local: (s,) int64 row of each segment, non-decreasing (segments in layout order).
+        length: (s,) int64 tokens per segment.
+        ids: (sum(length),) int64 token ids of the segments back to back.
+        seg_labels: (s,) int64 value written to `doc_ids` for each segment's tokens.
+        pad_id: token id for padding.
+
+    Returns:
+        (tensors, offset): input_ids, labels, position_ids, doc_ids as [num_rows, seq_len]
+        int64, cu_seqlens and max_seqlen; and (s,) each segment's offset within its row.
+    """
+    row_local = np.asarray(row_local, dtype=np.int64)
+    length = np.asarray(length, dtype=np.int64)
+    fill = np.bincount(row_local, weights=length, minlength=num_rows).astype(np.int64)
+    if fill.size > num_rows or (fill.size and fill.max() > seq_len):
+        raise ConfigError(f"segments overflow the micro-batch: a row holds {int(fill.max())} "
+                          f"tokens > seq_len {seq_len}, or a row index >= {num_rows}")
+    starts = np.cumsum(length) - length
+    offset = starts - (np.cumsum(fill) - fill)[row_local]
+    within = np.arange(int(length.sum()), dtype=np.int64) - np.repeat(starts, length)
+    dst = np.repeat(row_local * seq_len + offset, length) + within
+    out = _fill_tensors(seq_len, num_rows, fill, dst, within, ids, np.repeat(seg_labels, length),
+                        pad_id)
+    out.update(_varlen(seq_len, fill, row_local, length))
+    return out, offset
 
 
 def _check_rows(plan: PackPlan, rows: np.ndarray | None) -> np.ndarray:
