@@ -181,12 +181,44 @@ def test_state_dict_mismatch_names_the_field(token_store):
         stream(token_store, seed=3).load_state_dict(state)
     with pytest.raises(ConfigError, match="`mixture`"):
         stream(token_store, weights={"web": 1.0}).load_state_dict(state)
-    live = stream(token_store, rank=0, world_size=2)
+    live = stream(token_store, rank=0, world_size=2, worker_id=0, num_workers=2)
     next(iter(live))
-    other = stream(token_store, rank=0, world_size=4)
+    other = stream(token_store, rank=0, world_size=4, worker_id=0, num_workers=2)
     other.load_state_dict(live.state_dict())
     with pytest.raises(ConfigError, match="`world_size` differs"):
         next(iter(other))
+    wrong_rank = stream(token_store, rank=1, world_size=2)
+    plain = stream(token_store, rank=0, world_size=2)
+    next(iter(plain))
+    wrong_rank.load_state_dict(plain.state_dict())
+    with pytest.raises(ConfigError, match="`rank` differs"):
+        next(iter(wrong_rank))
+
+
+@pytest.mark.parametrize(("old", "new", "steps"), [(2, 3, 4), (3, 1, 5), (4, 2, 1)])
+def test_resume_on_another_world_size_keeps_exactly_once(token_store, old, new, steps):
+    """Ranks of the old world run `steps` steps in lockstep; one rank's state resumes on `new`
+    ranks, and the union of all delivered segments is still every token exactly once."""
+    before = []
+    for rank in range(old):
+        it = iter(stream(token_store, rank=rank, world_size=old))
+        before += [next(it) for _ in range(steps)]
+    saver = stream(token_store, rank=old - 1, world_size=old)
+    it = iter(saver)
+    for _ in range(steps):
+        next(it)
+    state = saver.state_dict()
+    after = []
+    for rank in range(new):
+        resumed = stream(token_store, rank=rank, world_size=new)
+        resumed.load_state_dict(state)
+        after.append(list(resumed))
+    assert len({len(a) for a in after}) == 1, "new ranks run different numbers of steps"
+    got = delivered(before + [b for a in after for b in a])
+    lengths = doc_lengths(token_store)
+    assert {k[0] for k in got} == set(lengths)
+    for (doc_id, _), spans in got.items():
+        assert_tiles(spans, lengths[doc_id])
 
 
 @pytest.mark.parametrize(("weights", "target"), [

@@ -81,13 +81,13 @@ class Planner:
                     self.consumed[s] += used
                     self.tokens += used
             self.epoch = epoch
-        self._start_epoch(self.epoch)
+        self.start_epoch(self.epoch)
         while self.epoch < epoch:
             while self._draw(buffer=False):
                 pass
-            self._start_epoch(self.epoch + 1)
+            self.start_epoch(self.epoch + 1)
 
-    def _start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         n = len(self.sources)
         self.epoch_tokens = 0

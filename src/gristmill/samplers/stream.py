@@ -26,6 +26,11 @@ is needed). A fresh stream with the same configuration, given that state, yields
 rest. With DataLoader workers, each worker holds its own position: use torchdata's
 `StatefulDataLoader`, which collects the workers' `state_dict()`s and hands each back to its
 worker on `load_state_dict` (see README, "Resuming the stream").
+
+Another world size. Without DataLoader workers, any rank's state resumes on a different number
+of ranks: ranks step in lockstep, so a rank's state after step j means the old world finished
+step j; the new ranks skip the rest of that step's batches and shard what follows (exactly
+once, equal steps). With workers, keep the world size and worker count.
 """
 
 from __future__ import annotations
@@ -121,7 +126,9 @@ class GristmillStream(IterableDataset):
         self.planner = Planner(self.sources, self.mixture, seq_len=self.seq_len,
                                packer=packer, buffer_docs=self.buffer_docs, seed=self.seed,
                                rs2_fraction=rs2_fraction)
-        self._pos: dict[str, Any] = {"pass_start": 0, "batch": 0, "local": 0,
+        # batch: next global batch of the epoch; base: first global batch of this sharding
+        # (0, or where a resharded run took over); local: this rank's batches so far.
+        self._pos: dict[str, Any] = {"pass_start": 0, "batch": 0, "base": 0, "local": 0,
                                      "epoch_batches": None}
         self._consumer: dict[str, int] | None = None
         self._meta: dict[int, dict[str, np.ndarray]] = {}
@@ -175,7 +182,8 @@ class GristmillStream(IterableDataset):
                 raise ConfigError(f"state_dict comes from a different stream configuration: "
                                   f"`{key}` was {saved!r}, this stream has {value!r}")
         self.planner.load_state_dict(state["planner"])
-        self._pos = {k: state[k] for k in ("pass_start", "batch", "local", "epoch_batches")}
+        self._pos = {k: state[k] for k in ("pass_start", "batch", "base", "local",
+                                           "epoch_batches")}
         self._consumer = state.get("consumer")
 
     def set_epoch(self, epoch: int) -> None:
@@ -187,7 +195,8 @@ class GristmillStream(IterableDataset):
                     and self.planner.epoch_tokens == 0)
         if not at_start:
             self.planner.reset(epoch)
-        self._pos = {"pass_start": epoch, "batch": 0, "local": 0, "epoch_batches": None}
+        self._pos = {"pass_start": epoch, "batch": 0, "base": 0, "local": 0,
+                     "epoch_batches": None}
 
     @property
     def epoch(self) -> int:
@@ -202,10 +211,7 @@ class GristmillStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         me = self.consumer()
         if self._consumer is not None and self._consumer != me:
-            field = next(k for k in me if self._consumer.get(k) != me[k])
-            raise ConfigError(f"state_dict was saved by consumer {self._consumer} but this "
-                              f"process is {me}: `{field}` differs (resuming on another world "
-                              f"size or worker count is not supported)")
+            self._reshard(self._consumer, me)
         self._consumer = me
         world, rank = me["world_size"], me["rank"]
         workers, worker = me["num_workers"], me["worker"]
@@ -220,21 +226,54 @@ class GristmillStream(IterableDataset):
                         pos["epoch_batches"] = pos["batch"] + (1 if rows else 0)
                         break
                     rows.append(row)
-            total = pos["epoch_batches"]
-            if total is not None and pos["batch"] >= world * -(-total // world):
+            total, base = pos["epoch_batches"], pos["base"]
+            if total is not None and pos["batch"] >= base + world * -(-(total - base) // world):
                 log.info("epoch %d done: %d batches over %d ranks, %s", planner.epoch, total,
                          world, planner.stats()["domains"])
-                planner._start_epoch(planner.epoch + 1)
-                pos.update(batch=0, epoch_batches=None)
+                planner.start_epoch(planner.epoch + 1)
+                pos.update(batch=0, base=0, epoch_batches=None)
                 continue
             own = False
-            if pos["batch"] % world == rank:
+            if (pos["batch"] - base) % world == rank:
                 own = pos["local"] % workers == worker
                 pos["local"] += 1
             pos["batch"] += 1
             if own:
                 yield self._build(rows)
         pos["pass_start"] = planner.epoch
+
+    def _reshard(self, old: dict[str, int], new: dict[str, int]) -> None:
+        """Continue a state saved under another world size (ranks step in lockstep).
+
+        A rank's state after its j-th batch of an epoch implies every rank finished step j, so
+        the global position is the next multiple of the old world size: skip the other ranks'
+        batches of that step, then shard the rest over the new ranks. Needs in-process
+        iteration on both sides (one worker): DataLoader workers each hold a position of
+        their own.
+        """
+        if old["num_workers"] != 1 or new["num_workers"] != 1:
+            field = next(k for k in new if old.get(k) != new[k])
+            raise ConfigError(f"state_dict was saved by consumer {old} but this process is "
+                              f"{new}: `{field}` differs (resuming on another world size works "
+                              f"only without DataLoader workers; with workers keep the world "
+                              f"size and worker count)")
+        if old["world_size"] == new["world_size"] and old["rank"] != new["rank"]:
+            raise ConfigError(f"state_dict was saved by rank {old['rank']} but this process is "
+                              f"rank {new['rank']} of the same world size: `rank` differs; load "
+                              f"each rank's own state")
+        pos, world = self._pos, old["world_size"]
+        base = pos["base"]
+        target = base + -(-(pos["batch"] - base) // world) * world
+        while pos["batch"] < target:
+            if pos["epoch_batches"] is None:
+                for taken in range(self.micro_batch_rows):
+                    if self.planner.next_row() is None:
+                        pos["epoch_batches"] = pos["batch"] + (1 if taken else 0)
+                        break
+            pos["batch"] += 1
+        pos["local"], pos["base"] = 0, target
+        log.info("resharded a stream state from %d to %d ranks at global batch %d of epoch %d",
+                 world, new["world_size"], target, self.planner.epoch)
 
     def _source_meta(self, s: int) -> dict[str, np.ndarray]:
         if s not in self._meta:
