@@ -71,6 +71,8 @@ class Source:
 
     def locate(self, doc: int) -> tuple[Path, TokenDomain, int]:
         """(store path, domain part, document index within the part) of a document."""
+        if len(self.parts) == 1:
+            return self.parts[0][0], self.parts[0][1], doc
         part = int(np.searchsorted(self.part_starts, doc, side="right") - 1)
         store, domain = self.parts[part]
         return store, domain, doc - int(self.part_starts[part])

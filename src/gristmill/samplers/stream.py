@@ -131,7 +131,7 @@ class GristmillStream(IterableDataset):
         self._pos: dict[str, Any] = {"pass_start": 0, "batch": 0, "base": 0, "local": 0,
                                      "epoch_batches": None}
         self._consumer: dict[str, int] | None = None
-        self._meta: dict[int, dict[str, np.ndarray]] = {}
+        self._meta: dict[int, dict[str, list[Any]]] = {}
 
     # -- configuration --------------------------------------------------------------------
 
@@ -275,10 +275,11 @@ class GristmillStream(IterableDataset):
         log.info("resharded a stream state from %d to %d ranks at global batch %d of epoch %d",
                  world, new["world_size"], target, self.planner.epoch)
 
-    def _source_meta(self, s: int) -> dict[str, np.ndarray]:
+    def _source_meta(self, s: int) -> dict[str, list[Any]]:
         if s not in self._meta:
             parts = [d for _, d in self.sources[s].parts]
-            self._meta[s] = {k: np.concatenate([p.column(k) for p in parts])
+            # Python lists: indexing them gives str / int, ready for the segment dicts.
+            self._meta[s] = {k: np.concatenate([p.column(k) for p in parts]).tolist()
                              for k in ("id", "cluster", "selector")}
         return self._meta[s]
 
@@ -288,21 +289,22 @@ class GristmillStream(IterableDataset):
         table = np.concatenate(rows) if rows else np.zeros((0, 5), dtype=np.int64)
         row_local = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
         length = table[:, 4] - table[:, 3]
-        pieces, segments = [], []
-        for i, (s, doc, copy, start, stop) in enumerate(table.tolist()):
+        pieces, segments, where = [], [], []
+        for (s, doc, copy, start, stop), row in zip(table.tolist(), row_local.tolist(),
+                                                    strict=True):
             source = self.sources[s]
             store, part, local = source.locate(doc)
             first = int(part.offsets[local]) + start
-            ids = np.asarray(part.tokens[first:first + stop - start])
-            if self.check_vocab:
-                check_token_ids(store, part, ids, first, self.vocab_size)
-            pieces.append(ids)
+            pieces.append(part.tokens[first:first + stop - start])
+            where.append((store, part, first))
             meta = self._source_meta(s)
-            segments.append({"doc_id": str(meta["id"][doc]), "start": start, "end": stop,
-                             "domain": source.name, "cluster": int(meta["cluster"][doc]),
-                             "selector": str(meta["selector"][doc]), "copy": copy,
-                             "row": int(row_local[i])})
+            segments.append({"doc_id": meta["id"][doc], "start": start, "end": stop,
+                             "domain": source.name, "cluster": meta["cluster"][doc],
+                             "selector": meta["selector"][doc], "copy": copy, "row": row})
         ids = (np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, np.int64))
+        if self.check_vocab and ids.size and int(ids.max()) >= self.vocab_size:
+            for piece, (store, part, first) in zip(pieces, where, strict=True):
+                check_token_ids(store, part, np.asarray(piece), first, self.vocab_size)
         out, offset = layout_rows(self.seq_len, self.micro_batch_rows, row_local, length, ids,
                                   np.arange(len(segments), dtype=np.int64), pad_id=self.pad_id)
         for seg, off in zip(segments, offset.tolist(), strict=True):

@@ -74,8 +74,10 @@ class TokenDomain:
             if self.num_tokens == 0:
                 self._tokens = np.zeros(0, dtype=TOKEN_DTYPE)
             else:
-                self._tokens = np.memmap(self.path / TOKENS_FILE, dtype=TOKEN_DTYPE, mode="r",
-                                         shape=(self.num_tokens,))
+                # A plain ndarray view of the map: slicing it skips np.memmap's per-slice
+                # Python overhead (the stream slices once per packed segment).
+                self._tokens = np.asarray(np.memmap(self.path / TOKENS_FILE, dtype=TOKEN_DTYPE,
+                                                    mode="r", shape=(self.num_tokens,)))
         return self._tokens
 
     @property
