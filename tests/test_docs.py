@@ -15,10 +15,18 @@ from gristmill.cli import app
 REPO = Path(__file__).resolve().parents[1]
 
 
+class _Flattened:
+    """A command group seen as one command: the options of all its sub-commands."""
+
+    def __init__(self, group: Any) -> None:
+        self.params = [p for sub in group.commands.values() for p in sub.params]
+
+
 def cli_commands() -> dict[str, Any]:
-    """Commands by name, as `gristmill --help` lists them."""
+    """Commands by name, as `gristmill --help` lists them (a group's sub-commands merged)."""
     group = typer.main.get_command(app)
-    return dict(group.commands)  # type: ignore[attr-defined]
+    return {name: _Flattened(cmd) if hasattr(cmd, "commands") else cmd
+            for name, cmd in group.commands.items()}  # type: ignore[attr-defined]
 
 
 def readme_section(title: str) -> str:

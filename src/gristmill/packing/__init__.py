@@ -1,4 +1,7 @@
-"""Stage 4: packing documents into fixed-length rows, length buckets, varlen row metadata.
+"""Stage 4: tokenization, packing documents into fixed-length rows, length buckets, varlen rows.
+
+`train_tokenizer` / `tokenize_store` (tokenize.py) turn a corpus store, or a selection of it,
+into a token store; the training stream (`gristmill.samplers`) packs from there.
 
 `pack(name, lengths, seq_len)` runs a registered packer on per-document token counts and
 returns a `PackPlan` (CSR: `order`, `row_offsets`, over the plan's `segments`). No packer drops
@@ -35,6 +38,12 @@ from gristmill.packing.buckets import (
 from gristmill.packing.plan import PackPlan
 from gristmill.packing.rows import IGNORE_INDEX, build_rows
 from gristmill.packing.segments import Segments, check_seq_len, split_segments
+from gristmill.packing.tokenize import (
+    TokenizeResult,
+    load_tokenizer_spec,
+    tokenize_store,
+    train_tokenizer,
+)
 
 #: Packer name -> function(lengths, seq_len) -> PackPlan. Adding a packer: one module, one line.
 PACKERS: dict[str, Callable[[np.ndarray, int], PackPlan]] = {
@@ -46,7 +55,8 @@ PACKERS: dict[str, Callable[[np.ndarray, int], PackPlan]] = {
 __all__ = [
     "IGNORE_INDEX", "PACKERS", "PackPlan", "Segments", "assign_buckets", "bucket_boundaries",
     "build_rows", "geometric_boundaries", "pack", "padding_efficiency", "split_segments",
-    "token_budget_batches",
+    "token_budget_batches", "TokenizeResult", "load_tokenizer_spec", "tokenize_store",
+    "train_tokenizer",
 ]
 
 
