@@ -13,6 +13,7 @@ from gristmill.demo import DEMO_DOMAINS, demo_corpus_path
 from gristmill.storage.clusters import ClusterStore
 from gristmill.storage.embeddings import EmbeddingStore
 from gristmill.storage.selection import read_selection
+from gristmill.storage.tokens import TokenStore
 
 runner = CliRunner()
 
@@ -41,6 +42,16 @@ def test_demo_runs_end_to_end_and_reruns_up_to_date(tmp_path):
     dedup, pruned = read_selection(out / "semdedup"), read_selection(out / "dbp")
     assert 0 < len(dedup.rows) < store.num_rows
     assert len(pruned.rows) == round(0.5 * len(dedup.rows)) and set(pruned.rows) <= set(dedup.rows)
+    tokens = TokenStore.open(out / "tokens")
+    assert tokens.num_docs == len(pruned.rows) and tokens.vocab_size == 8192
+    assert tokens.manifest["eos"]["appended"] is True
+    assert tokens.manifest["lineage"][-1]["step"] == "tokenize"
+    stream = json.loads((out / "stream" / "stats.json").read_text())
+    # The scheduled epoch is the store's token count; the last document may run past it.
+    assert tokens.num_tokens <= stream["tokens"] < tokens.num_tokens + 4096
+    assert stream["efficiency"] >= 0.99
+    assert (out / "stream" / "domain_mix.png").stat().st_size > 0
+    assert "packing efficiency" in first.output
     manifest = (out / "corpus" / "manifest.json").read_bytes()
     selected = (out / "dbp" / "manifest.json").read_bytes()
     emb_manifest = (out / "embeddings" / "manifest.json").read_bytes()
@@ -50,6 +61,7 @@ def test_demo_runs_end_to_end_and_reruns_up_to_date(tmp_path):
     assert (out / "corpus" / "manifest.json").read_bytes() == manifest
     assert (out / "embeddings" / "manifest.json").read_bytes() == emb_manifest
     assert (out / "dbp" / "manifest.json").read_bytes() == selected
+    assert "stream: " in second.output and "(up to date)" in second.output.split("stream:")[1]
     assert "dbp: " in second.output
     assert "embeddings: " in second.output and "(up to date)" in second.output.split(
         "embeddings:")[1]

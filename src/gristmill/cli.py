@@ -350,7 +350,7 @@ def demo(
         out_console.print(f"{stage:>10}: {path} ({result.status[stage]})", highlight=False,
                           soft_wrap=True)
     _print_summary(result.summary["corpus"])
-    for stage in ("embeddings", "clusters", "semdedup", "dbp"):
+    for stage in ("embeddings", "clusters", "semdedup", "dbp", "tokens", "stream"):
         out_console.print(result.summary[stage], highlight=False, soft_wrap=True)
 
 

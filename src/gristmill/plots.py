@@ -72,3 +72,26 @@ def plot_selection_by_domain(domains: list[str], before: list[int], after: list[
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_domain_mix(tokens: np.ndarray, shares: dict[str, np.ndarray], path: Path, *,
+                    title: str, switch: int | None = None) -> Path:
+    """Stacked token share per domain along a stream (x: tokens consumed), switch marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    names = sorted(shares)
+    ax.stackplot(np.asarray(tokens), *[np.asarray(shares[n]) for n in names], labels=names,
+                 alpha=0.85)
+    if switch is not None:
+        ax.axvline(switch, color="black", linestyle="--", linewidth=1)
+        ax.text(switch, 0.98, " switch", va="top", fontsize=8)
+    ax.set_xlim(0, float(np.asarray(tokens)[-1]) if len(tokens) else 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("tokens consumed")
+    ax.set_ylabel("share of tokens in batch")
+    ax.set_title(title)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.subplots_adjust(left=0.08, right=0.78, bottom=0.13, top=0.88)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

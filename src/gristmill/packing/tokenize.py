@@ -48,7 +48,7 @@ def _iter_texts(corpus: CorpusStore) -> Iterator[list[str]]:
 
 
 def train_tokenizer(corpus: str | Path, out: str | Path, *, vocab_size: int = 8192,
-                    min_frequency: int = 2, overwrite: bool = False,
+                    min_frequency: int = 2, overwrite: bool = False, reuse: bool = False,
                     progress: bool = False) -> Path:
     """Train a byte-level BPE on a corpus store's texts and save it under `out`.
 
@@ -57,6 +57,7 @@ def train_tokenizer(corpus: str | Path, out: str | Path, *, vocab_size: int = 81
         out: directory to write (tokenizer.json + gristmill_tokenizer.json).
         vocab_size: target vocabulary including the 256 byte tokens and 2 special tokens.
         min_frequency: merges need at least this many occurrences.
+        reuse: return an existing `out` trained on the same corpus with the same settings.
 
     Returns:
         `out`. Deterministic: the same corpus and settings give the same tokenizer.json.
@@ -72,6 +73,12 @@ def train_tokenizer(corpus: str | Path, out: str | Path, *, vocab_size: int = 81
     if store.num_rows == 0:
         raise InputError(f"{store.path}: corpus is empty; ingest some documents first")
     out = Path(out)
+    params = {"vocab_size": int(vocab_size), "min_frequency": int(min_frequency)}
+    if reuse and not overwrite and (out / META_FILE).is_file():
+        saved = json.loads((out / META_FILE).read_text())
+        if (saved.get("trained_on", {}).get("fingerprint") == store.fingerprint
+                and saved.get("params") == params and (out / TOKENIZER_FILE).is_file()):
+            return out
     check_output(out, overwrite=overwrite)
     started = time.perf_counter()
     tok = Tokenizer(models.BPE())
@@ -93,7 +100,7 @@ def train_tokenizer(corpus: str | Path, out: str | Path, *, vocab_size: int = 81
             "fingerprint": _file_fingerprint(tmp / TOKENIZER_FILE),
             "trained_on": {"corpus": str(store.path), "fingerprint": store.fingerprint,
                            "rows": store.num_rows},
-            "params": {"vocab_size": int(vocab_size), "min_frequency": int(min_frequency)},
+            "params": params,
             "created": now_iso(),
         }
         write_json(tmp / META_FILE, meta)
@@ -161,6 +168,7 @@ class TokenizeResult:
 
     store: TokenStore
     seconds: float
+    status: str = "written"  # or "up to date"
 
     def summary(self) -> str:
         per = ", ".join(f"{name} {d.num_docs} docs / {d.num_tokens} tokens"
@@ -198,7 +206,7 @@ def _selection_table(path: str | Path, corpus: CorpusStore) -> tuple[Any, pa.Tab
 
 def tokenize_store(corpus: str | Path, out: str | Path, *, tokenizer: str | Path,
                    selection: str | Path | None = None, append_eos: bool = True,
-                   batch_size: int = 1000, overwrite: bool = False,
+                   batch_size: int = 1000, overwrite: bool = False, reuse: bool = False,
                    progress: bool = False) -> TokenizeResult:
     """Tokenize a corpus store (or a selection of it) into a token store at `out`.
 
@@ -209,14 +217,24 @@ def tokenize_store(corpus: str | Path, out: str | Path, *, tokenizer: str | Path
         selection: a selection directory; only its rows, with weight, cluster and selector.
         append_eos: end every document with the tokenizer's EOS (recorded in the manifest).
         batch_size: documents per `encode_batch` call.
+        reuse: return an existing `out` made from the same inputs with the same settings.
     """
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
     store = CorpusStore.open(corpus)
     tok, meta = load_tokenizer_spec(tokenizer)
     out = Path(out)
-    check_output(out, overwrite=overwrite)
     sel_info, sel = (None, None) if selection is None else _selection_table(selection, store)
+    inputs = {"corpus": {"path": str(store.path), "fingerprint": store.fingerprint},
+              "tokenizer": {"path": meta["path"], "fingerprint": meta["fingerprint"]}}
+    if sel_info is not None:
+        inputs["selection"] = sel_info.describe()
+    params = {"batch_size": int(batch_size), "append_eos": bool(append_eos)}
+    if reuse and not overwrite and (out / "manifest.json").is_file():
+        existing = _up_to_date(out, inputs, params)
+        if existing is not None:
+            return TokenizeResult(existing, 0.0, "up to date")
+    check_output(out, overwrite=overwrite)
     eos_id = meta["eos_id"] if append_eos else None
     eos = {"appended": eos_id is not None, "token": meta["eos_token"] if eos_id is not None
            else None, "id": eos_id}
@@ -246,17 +264,12 @@ def tokenize_store(corpus: str | Path, out: str | Path, *, tokenizer: str | Path
             _encode_table(tok, writer, table, rows, extra, eos_id, int(batch_size))
             if bar is not None:
                 bar.update(table.num_rows)
-        inputs = {"corpus": {"path": str(store.path), "fingerprint": store.fingerprint},
-                  "tokenizer": {"path": meta["path"], "fingerprint": meta["fingerprint"]}}
         lineage: list[dict[str, Any]] = []
         if sel_info is not None:
-            inputs["selection"] = sel_info.describe()
             lineage = list(sel_info.manifest.get("lineage", []))
         lineage.append({"step": "tokenize", "tokenizer": meta["name"],
                         "fingerprint": meta["fingerprint"], "append_eos": eos["appended"]})
-        writer.finish(inputs=inputs, params={"batch_size": int(batch_size),
-                                             "append_eos": bool(append_eos)},
-                      lineage=lineage, eos=eos)
+        writer.finish(inputs=inputs, params=params, lineage=lineage, eos=eos)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - started
@@ -264,6 +277,16 @@ def tokenize_store(corpus: str | Path, out: str | Path, *, tokenizer: str | Path
     log.info("tokenized %d docs, %d tokens in %.1f s", result.store.num_docs,
              result.store.num_tokens, seconds)
     return result
+
+
+def _up_to_date(out: Path, inputs: dict[str, Any], params: dict[str, Any]) -> TokenStore | None:
+    try:
+        existing = TokenStore.open(out)
+    except CorruptStoreError:
+        return None
+    same = json.loads(json.dumps(inputs)) == existing.manifest.get("inputs") and \
+        existing.manifest.get("params") == params
+    return existing if same else None
 
 
 def _encode_table(tok: Any, writer: TokenStoreWriter, table: pa.Table, rows: np.ndarray,
