@@ -22,7 +22,7 @@ from gristmill.samplers.controllers import (
     make_controller,
 )
 from gristmill.samplers.mixing import Mixture, Phase, Schedule, resolve_mixture
-from gristmill.samplers.stream import GristmillStream
+from gristmill.samplers.stream import GristmillStream, no_collate
 
 __all__ = [
     "CONTROLLERS",
@@ -36,5 +36,6 @@ __all__ = [
     "Mixture",
     "Phase",
     "Schedule",
+    "no_collate",
     "resolve_mixture",
 ]

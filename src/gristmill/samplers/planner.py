@@ -90,6 +90,7 @@ class Planner:
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         n = len(self.sources)
+        self._mix_cache: tuple[Any, list[int], list[float]] | None = None
         self.epoch_tokens = 0
         self.credits = [0.0] * n
         self.taken = [0] * n
@@ -146,6 +147,7 @@ class Planner:
         self.quota = [int(x) for x in state["quota"]]
         self.epoch_weights = [float(x) for x in state["epoch_weights"]]
         self.credits = [float(x) for x in state["credits"]]
+        self._mix_cache = None
         self.drawing = bool(state["drawing"])
         self.round = int(state["round"])
         self.buffer = [tuple(int(v) for v in b) for b in state["buffer"]]  # type: ignore[misc]
@@ -164,10 +166,31 @@ class Planner:
         at = schedule.weights_at(self.epoch_tokens)
         return [at.get(s.name, 0.0) for s in self.sources]
 
-    def _active(self, weights: list[float]) -> list[int]:
+    def _mix(self) -> tuple[list[int], list[float]]:
+        """(active sources, their token shares); cached while neither can change."""
+        key: Any = None
+        schedule = self.mixture.schedule
+        if schedule is not None:
+            phase = next((i for i, p in enumerate(schedule.phases)
+                          if self.epoch_tokens < p.end), len(schedule.phases) - 1)
+            if schedule.phases[phase].end_weights is not None:
+                key = None  # a linear blend: weights move with every token
+            else:
+                key = ("phase", phase)
+        else:
+            key = "fixed"
+        if key is not None and self._mix_cache is not None and self._mix_cache[0] == key:
+            return self._mix_cache[1], self._mix_cache[2]
+        weights = self._weights()
+        n = len(self.sources)
         if self.quota:
-            return [s for s in range(len(self.sources)) if self.taken[s] < self.quota[s]]
-        return [s for s in range(len(self.sources)) if weights[s] > 0]
+            active = [s for s in range(n) if self.taken[s] < self.quota[s]]
+        else:
+            active = [s for s in range(n) if weights[s] > 0]
+        norm = sum(weights[a] for a in active)
+        shares = [weights[a] / norm if norm > 0 else 0.0 for a in active]
+        self._mix_cache = (key, active, shares) if key is not None else None
+        return active, shares
 
     def _draw(self, *, buffer: bool = True) -> bool:
         """Draw the next item into the buffer; False when the epoch has no more draws."""
@@ -176,24 +199,26 @@ class Planner:
         if not self.quota and self.epoch_tokens >= self.mixture.epoch_tokens:
             self.drawing = False
             return False
-        weights = self._weights()
-        active = self._active(weights)
+        active, shares = self._mix()
         if not active:
             self.drawing = False
             return False
         credits = self.credits
-        chosen = max(active, key=lambda a: (credits[a], -a))
+        chosen = active[0]
+        for a in active:
+            if credits[a] > credits[chosen]:
+                chosen = a
         doc, copy = self._next_item(chosen)
         length = int(self.sources[chosen].lengths[doc])
-        norm = sum(weights[a] for a in active)
-        if norm > 0:
-            for a in active:
-                credits[a] += weights[a] / norm * length
+        for a, share in zip(active, shares, strict=True):
+            credits[a] += share * length
         credits[chosen] -= length
         self.consumed[chosen] += length
         self.tokens += length
         self.epoch_tokens += length
         self.taken[chosen] += 1
+        if self.quota and self.taken[chosen] == self.quota[chosen]:
+            self._mix_cache = None  # the source is done for this epoch
         if buffer:
             step = self.seq_len
             for start in range(0, length, step):
