@@ -6,7 +6,8 @@ byte-level BPE, EOS appended, tiled ``--repeat`` times) and yielding batches of 
 ``--seq-len`` (default 8 x 2048) through ``torch.utils.data.DataLoader(num_workers=2)``:
 
 * ``gristmill``: ``GristmillStream(store, seq_len, micro_batch_rows, num_epochs=1)`` with
-  ``DataLoader(batch_size=None, num_workers=2)``: streaming BFD in a 4,096-segment buffer,
+  ``DataLoader(batch_size=None, num_workers=2, collate_fn=no_collate)`` as the README says
+  (``--default-collate`` measures it without): streaming BFD in a 4,096-segment buffer,
   input_ids / labels / position_ids / cu_seqlens / segment_ids and the segment records.
 * ``hf-trl``: Hugging Face ``datasets`` streaming (``load_dataset("parquet", streaming=True)``
   over 4 Parquet files of an ``input_ids`` list column) packed by TRL's
@@ -117,11 +118,12 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
 def gristmill_worker(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
-    from gristmill.samplers import GristmillStream
+    from gristmill.samplers import GristmillStream, no_collate
 
     stream = GristmillStream(data["store"], seq_len=args.seq_len, micro_batch_rows=args.rows,
                              num_epochs=1)
-    loader = DataLoader(stream, batch_size=None, num_workers=args.workers)
+    loader = DataLoader(stream, batch_size=None, num_workers=args.workers,
+                        collate_fn=None if args.default_collate else no_collate)
     real = batches = 0
     with bench.Meter() as meter:
         for batch in loader:
@@ -272,7 +274,8 @@ def worker_main(args: argparse.Namespace) -> None:
 def child_argv(args: argparse.Namespace, name: str) -> list[str]:
     return ["--worker", name, "--data", str(args.data), "--work", str(args.work), "--seq-len",
             str(args.seq_len), "--rows", str(args.rows), "--workers", str(args.workers),
-            "--repeat", str(args.repeat), "--resume-steps", str(args.resume_steps)]
+            "--repeat", str(args.repeat), "--resume-steps", str(args.resume_steps),
+            *(["--default-collate"] if args.default_collate else [])]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -283,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=10, help="tile the demo tokens N times")
     parser.add_argument("--resume-steps", type=int, default=10_000)
     parser.add_argument("--only", default=",".join(CONTENDERS))
+    parser.add_argument("--default-collate", action="store_true",
+                        help="gristmill without collate_fn=no_collate (torch's default_convert)")
     parser.add_argument("--mosaic-venv", type=Path, default=DEFAULT_MOSAIC)
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
     parser.add_argument("--json", type=Path, default=None)
