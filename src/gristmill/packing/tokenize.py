@@ -245,13 +245,13 @@ def tokenize_store(corpus: str | Path, out: str | Path, *, tokenizer: str | Path
     started = time.perf_counter()
     total = store.num_rows if sel is None else sel.num_rows
     bar = _progress(progress, total)
+    sel_rows = None if sel is None else sel.column("row").to_numpy()
     with atomic_directory(out, overwrite=overwrite) as tmp:
         writer = TokenStoreWriter(tmp, tokenizer=meta)
         for _, first, table in store.iter_batches(columns=["id", "text", "domain"]):
             rows = np.arange(first, first + table.num_rows, dtype=np.int64)
             extra: dict[str, list[Any]] = {}
-            if sel is not None:
-                sel_rows = sel.column("row").to_numpy()
+            if sel is not None and sel_rows is not None:
                 lo = int(np.searchsorted(sel_rows, first))
                 hi = int(np.searchsorted(sel_rows, first + table.num_rows))
                 if lo == hi:
