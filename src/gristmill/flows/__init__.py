@@ -1,7 +1,13 @@
-"""Prefect tasks, flows and deployments wiring the stages together (issue #6).
+"""Prefect flows and deployments wiring the stages together; the only place importing prefect.
 
-The only place that imports prefect.
+- `recipe`: the YAML recipe schema (`load_recipe`, unknown keys refused with their path).
+- `tasks`: one cached task per stage (keys from input fingerprints + parameters + version).
+- `curate`: the `curate` flow over a whole recipe, one flow per stage, UI artifacts.
+- `serve`: deployments with schedules served to a Prefect server; the local UI server.
 
-Nothing here yet: the issue named above fills it in. Data flows one way,
-storage -> embed -> selectors -> packing -> samplers, and no stage imports a later one.
+The stage functions work without any of this: flows only call them.
 """
+
+from gristmill.flows.recipe import Recipe, load_recipe
+
+__all__ = ["Recipe", "load_recipe"]
