@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import write_token_store
+from tokstores import write_token_store
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

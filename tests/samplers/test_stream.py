@@ -9,9 +9,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tokstores import VOCAB, batch_key, write_token_store
 from torch.utils.data import DataLoader
 
-from conftest import VOCAB, batch_key, write_token_store
 from gristmill.errors import ConfigError, InputError
 from gristmill.packing import IGNORE_INDEX
 from gristmill.samplers import GristmillStream, Schedule

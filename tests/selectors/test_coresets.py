@@ -11,8 +11,8 @@ import logging
 
 import numpy as np
 import pytest
+from synthetic import blobs, unit
 
-from conftest import blobs, unit
 from gristmill.errors import ConfigError
 from gristmill.selectors import Pool, allocate_quota, select
 from gristmill.selectors import facility_location as fl

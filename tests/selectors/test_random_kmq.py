@@ -10,8 +10,8 @@ import json
 
 import numpy as np
 import pytest
+from synthetic import blobs
 
-from conftest import blobs
 from gristmill.errors import ConfigError
 from gristmill.selectors import Pool, kmq, select, uniform
 from gristmill.selectors.kmq import IterativeRefiner

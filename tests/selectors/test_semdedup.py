@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synthetic import blobs, unit
 
-from conftest import blobs, unit
 from gristmill.errors import ConfigError
 from gristmill.selectors import Pool, select
 from gristmill.selectors.semdedup import _max_earlier_similarity

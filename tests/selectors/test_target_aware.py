@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from synthetic import blobs, unit
 
-from conftest import blobs, unit
 from gristmill import ingest
 from gristmill.errors import ConfigError, InputError
 from gristmill.selectors import Pool, select
