@@ -104,7 +104,9 @@ def serve_deployments(recipes: list[Recipe], *, cron: str | None = None,
 
 def start_ui(port: int, *, announce: Callable[[str], None] = print) -> None:
     """Run a local Prefect server (blocks until interrupted)."""
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    # The UI's own API address: without it the browser app calls port 4200 whatever --port.
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
     announce(f"Prefect UI: http://127.0.0.1:{port}  (in another shell: export "
              f"PREFECT_API_URL=http://127.0.0.1:{port}/api)")
     prefect = shutil.which("prefect") or os.path.join(os.path.dirname(sys.executable), "prefect")
