@@ -10,6 +10,7 @@ from flowdata import small_recipe
 from gristmill.errors import ConfigError
 from gristmill.flows.recipe import load_recipe
 from gristmill.flows.run import run_curate
+from gristmill.storage.embeddings import EmbeddingStore
 from gristmill.storage.selection import read_selection
 from gristmill.storage.tokens import TokenStore
 
@@ -31,10 +32,11 @@ def artifacts(key_prefix):
 
 
 def test_curate_runs_then_hits_the_cache_then_redoes_what_is_gone(small_corpus, tmp_path):
-    recipe = load_recipe(data=small_recipe(small_corpus, tmp_path / "out"))
+    recipe = load_recipe(data=small_recipe(small_corpus, tmp_path / "out",
+                                           ingest={"rows_per_shard": 60}))
     first = run_curate(recipe)
-    tasks = ["ingest", "embed", "cluster", "select semdedup", "select dbp", "tokenizer",
-             "tokenize"]
+    tasks = ["ingest", "embed shard 0", "embed shard 1", "embed shard 2", "embed", "cluster",
+             "select semdedup", "select dbp", "tokenizer", "tokenize"]
     assert outcomes(first) == dict.fromkeys(tasks, "ran")
     out = tmp_path / "out"
     dedup = read_selection(out / "selections" / "01-semdedup")
@@ -42,7 +44,8 @@ def test_curate_runs_then_hits_the_cache_then_redoes_what_is_gone(small_corpus, 
     assert len(pruned.rows) == int(0.5 * len(dedup.rows) + 0.5)  # half rounds up
     tokens = TokenStore.open(out / "tokens")
     assert tokens.num_docs == len(pruned.rows)
-    assert first["ran"] == 7 and first["cached"] == 0
+    assert first["ran"] == 10 and first["cached"] == 0
+    assert len(EmbeddingStore.open(out / "embeddings").manifest["shards"]) == 3
 
     second = run_curate(recipe)
     assert outcomes(second) == dict.fromkeys(tasks, "cached")
@@ -55,6 +58,7 @@ def test_curate_runs_then_hits_the_cache_then_redoes_what_is_gone(small_corpus, 
     assert set(read_selection(out / "selections" / "02-dbp").rows) == set(pruned.rows)
 
     changed = load_recipe(data=small_recipe(small_corpus, tmp_path / "out",
+                                            ingest={"rows_per_shard": 60},
                                             selectors=[{"method": "semdedup", "eps": 0.05},
                                                        {"method": "dbp", "budget": 0.4}]))
     fourth = run_curate(changed)
@@ -70,7 +74,7 @@ def test_artifacts_summary_table_and_plots(small_corpus, tmp_path):
     assert summary.type == "markdown"
     assert "Rows per domain, before and after each selector" in summary.data
     assert "data:image/png;base64," in summary.data  # the cluster-size and by-domain plots
-    assert "| select dbp | ran |" in summary.data
+    assert "| select dbp | ran |" in summary.data and "| embed shard 0 | ran |" in summary.data
     table = found["artifact-check-rows-by-domain"]
     assert table.type == "table"
     assert "semdedup" in str(table.data) and "python_docs" in str(table.data)

@@ -43,6 +43,7 @@ from gristmill.storage.selection import SelectedRows, read_selection
 
 log = logging.getLogger(__name__)
 PROGRESS_NAME = "progress.json"
+SHARD_RECORDS = "done"  # partial/done/<index>.json: one finished shard each
 
 
 @dataclass
@@ -85,6 +86,7 @@ def embed_store(
     compile_model: bool = False,
     progress: bool = False,
     chunk_rows: int = CHUNK_ROWS,
+    shards: list[int] | None = None,
 ) -> EmbedResult:
     """Embed every document of a corpus store (or of a selection) into `out`.
 
@@ -98,6 +100,11 @@ def embed_store(
         dtype: auto (fp32 on CPU, fp16 on GPU), fp32, fp16 or bf16.
         selection: a selection directory; only its rows are embedded, the others hold NaN.
         overwrite: replace an existing output or abandon an unfinished run with other settings.
+        shards: embed only these corpus shard indices into the resumable partial run and
+            return with status "partial" (`store` None); a later call without `shards`
+            embeds what is left and publishes. Distributed runners map shards this way
+            (gristmill.flows); each shard records itself in its own file, so concurrent
+            calls for different shards of one prepared run never overwrite each other.
 
     Example:
         >>> result = embed_store("out/corpus", "out/emb")   # doctest: +SKIP
@@ -111,8 +118,13 @@ def embed_store(
     if (done := _up_to_date(run, overwrite)) is not None:
         return done
     partial = out.parent / f".{out.name}.partial"
-    records = _resume(run, partial, overwrite)
-    jobs = [run.job(i, partial) for i in range(len(corpus.shards)) if i not in records]
+    records = _resume(run, partial, overwrite and shards is None)
+    wanted = range(len(corpus.shards)) if shards is None else sorted(set(shards))
+    bad = [i for i in wanted if not 0 <= i < len(corpus.shards)]
+    if bad:
+        raise ConfigError(f"shard {bad[0]} does not exist: {corpus.path} has "
+                          f"{len(corpus.shards)} shards")
+    jobs = [run.job(i, partial) for i in wanted if i not in records]
     started = time.perf_counter()
     totals = {"docs": 0, "tokens": 0, "truncated": 0}
 
@@ -121,7 +133,9 @@ def embed_store(
         for key in ("tokens", "truncated"):
             totals[key] += record[key]
         totals["docs"] += record["embedded"]
-        _save_progress(partial, run.progress(records))
+        write_json(partial / SHARD_RECORDS / f"{index}.json", records[index])
+        if shards is None:
+            _save_progress(partial, run.progress(records))
 
     try:
         with EmbedProgress(sum(j.rows if j.selected is None else len(j.selected)
@@ -131,10 +145,13 @@ def embed_store(
                      compile_model=compile_model, on_batch=bar.advance, on_done=on_done)
     except Exception:
         # Keep finished shards for a resume; with none, leave nothing behind.
-        if not records:
+        if not records and shards is None:
             shutil.rmtree(partial, ignore_errors=True)
         raise
     seconds = time.perf_counter() - started
+    if shards is not None:
+        return EmbedResult(None, "partial", seconds=seconds,  # type: ignore[arg-type]
+                           devices=run.devices, **totals)
     _publish(run, partial, records, overwrite or out.exists(),
              {"seconds": round(seconds, 3), "devices": run.devices, **totals})
     return EmbedResult(EmbeddingStore.open(out), "resumed" if len(jobs) < len(corpus.shards)
@@ -239,11 +256,17 @@ def _resume(run: _Run, partial: Path, overwrite: bool) -> dict[int, dict[str, An
         saved = None
     if saved is None:
         shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        (partial / SHARD_RECORDS).mkdir(parents=True)
         _save_progress(partial, run.progress({}))
         return {}
-    records = {int(i): r for i, r in saved["shards"].items()
-               if _intact(partial / r["path"], r)}
+    found = dict(saved["shards"])
+    for file in sorted((partial / SHARD_RECORDS).glob("*.json")):
+        try:
+            found.setdefault(file.stem, json.loads(file.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue  # a record cut short by a crash: that shard is embedded again
+    (partial / SHARD_RECORDS).mkdir(exist_ok=True)
+    records = {int(i): r for i, r in found.items() if _intact(partial / r["path"], r)}
     log.info("resuming %s: %d of %d shards already embedded", run.out, len(records),
              len(run.corpus.shards))
     return records
@@ -288,6 +311,7 @@ def _publish(run: _Run, partial: Path, records: dict[int, dict[str, Any]], repla
     """Write the manifest and move the finished run into place."""
     shards = [records[i] for i in range(len(run.corpus.shards))]
     (partial / PROGRESS_NAME).unlink()
+    shutil.rmtree(partial / SHARD_RECORDS, ignore_errors=True)
     write_json(partial / MANIFEST_NAME, {
         "kind": KIND, "format_version": FORMAT_VERSION,
         "gristmill_version": gristmill_version(), "created": now_iso(),

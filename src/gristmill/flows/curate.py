@@ -1,10 +1,12 @@
 """The `curate` flow (a whole recipe), one flow per stage, and the run's UI artifacts.
 
-`curate(recipe)` runs ingest -> embed -> cluster -> each selector in order -> tokenizer ->
-tokenize, each as a cached task (tasks.py), and publishes to the Prefect UI: a markdown
+`curate(recipe)` runs ingest -> embed (one mapped task per corpus shard, then one that
+publishes the store) -> cluster -> each selector in order -> tokenizer -> tokenize, each as a
+cached task (tasks.py), and publishes to the Prefect UI: a markdown
 summary (rows per domain before and after each selector, with its parameters), a table
 artifact of the same, the cluster-size and selection-by-domain plots inline, and a progress
-artifact that advances stage by stage. It returns each task's outcome, `ran` or `cached`.
+artifact that advances task by task (shard by shard while embedding). It returns each
+task's outcome, `ran` or `cached`.
 
 Outputs under the recipe's `output`:
 
@@ -37,7 +39,7 @@ def _run(task: Any, out: str, **kwargs: Any) -> tuple[str, str]:
     """Submit `task`, wait, and return (result, 'ran' | 'cached'); failures raise."""
     runner = task.with_options(refresh_cache=tasks.output_missing(out))
     future = runner.submit(out=out, **kwargs)
-    state = future.wait() or future.state
+    future.wait()
     state = future.state
     result = state.result()
     return result, "cached" if state.name == "Cached" else "ran"
@@ -96,8 +98,23 @@ def curate(recipe: dict[str, Any], runner: str = "local") -> dict[str, Any]:
 
     corpus = step("ingest", tasks.ingest_task, out / "corpus", inputs=r.inputs,
                   options=r.ingest.model_dump(exclude_none=True))
-    embeddings = step("embed", tasks.embed_task, out / "embeddings", corpus=corpus,
-                      model=r.model, options=r.embed.model_dump(exclude_none=True))
+    embed_options = r.embed.model_dump(exclude_none=True)
+    target = out / "embeddings"
+    shards = tasks.prepare_embedding(corpus, str(target), r.model, embed_options)
+    total += shards
+    refresh = tasks.output_missing(target)
+    with _resources(runner, gpu=True):
+        futures = [tasks.embed_shard_task.with_options(refresh_cache=refresh).submit(
+            corpus=corpus, out=str(target), model=r.model, options=embed_options, shard=i)
+            for i in range(shards)]
+    for i, future in enumerate(futures):
+        future.wait()
+        state = future.state
+        outcomes.append({"task": f"embed shard {i}", "output": state.result(),
+                         "outcome": "cached" if state.name == "Cached" else "ran"})
+        update_progress_artifact(progress, progress=100.0 * len(outcomes) / total)
+    embeddings = step("embed", tasks.embed_task, target, corpus=corpus, model=r.model,
+                      options=embed_options)
     clusters = step("cluster", tasks.cluster_task, out / "clusters", embeddings=embeddings,
                     k=r.k, seed=r.seed, options=r.cluster.model_dump())
     pool: str | None = None

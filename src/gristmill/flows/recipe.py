@@ -14,7 +14,8 @@ tokenizer:                     # train a byte-level BPE inside the flow ...
   vocab_size: 8192             # ... or give a path: `tokenizer: path/to/tokenizer`
 ```
 
-Optional keys: `ingest` (text_field, domain_field, id_field, domain, skip_bad_records),
+Optional keys: `ingest` (text_field, domain_field, id_field, domain, skip_bad_records,
+rows_per_shard: embedding runs one mapped task per shard),
 `embed` (batch_tokens, device, dtype, pooling, max_tokens), `cluster` (spherical, niter,
 sample_per_centroid, device), `seed`, `name`. Unknown keys are refused with their path
 (`selectors[1].epz`), and so is a selector parameter its method does not take, before any
@@ -50,6 +51,7 @@ class IngestOptions(_Strict):
     id_field: str | None = "auto"
     domain: str | None = None
     skip_bad_records: bool = False
+    rows_per_shard: int | None = Field(None, ge=1)
 
 
 class EmbedOptions(_Strict):

@@ -168,6 +168,26 @@ def embed_task(corpus: str, out: str, model: str | None, options: dict[str, Any]
     return str(result.store.path)
 
 
+@_task("embed-shard")
+def embed_shard_task(corpus: str, out: str, model: str | None, options: dict[str, Any],
+                     shard: int) -> str:
+    """Embed one corpus shard into the prepared partial run (mapped over shards)."""
+    from gristmill.embed import embed_store
+
+    embed_store(corpus, out, model=model, shards=[shard], **options)
+    return f"{out}#shard{shard}"
+
+
+def prepare_embedding(corpus: str, out: str, model: str | None,
+                      options: dict[str, Any]) -> int:
+    """Create (or check) the resumable partial run the shard tasks write into; shard count."""
+    from gristmill.embed import embed_store
+    from gristmill.storage.corpus import CorpusStore
+
+    embed_store(corpus, out, model=model, shards=[], **options)
+    return len(CorpusStore.open(corpus).shards)
+
+
 @_task("cluster")
 def cluster_task(embeddings: str, out: str, k: str | int, seed: int,
                  options: dict[str, Any]) -> str:
