@@ -410,7 +410,8 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Where the demo writes its outputs.")]
     = Path("out/demo"),
 ) -> None:
-    """Run the pipeline on the bundled demo corpus (CPU)."""
+    """Run the pipeline on the bundled demo corpus through the curate flow (CPU)."""
+    _prefect_env()
     from gristmill.demo import run_demo
 
     result = run_demo(out, progress=sys.stderr.isatty())
@@ -418,7 +419,7 @@ def demo(
         out_console.print(f"{stage:>10}: {path} ({result.status[stage]})", highlight=False,
                           soft_wrap=True)
     _print_summary(result.summary["corpus"])
-    for stage in ("embeddings", "clusters", "semdedup", "dbp", "tokens", "stream"):
+    for stage in ("embeddings", "clusters", "semdedup", "dbp", "tokens", "stream", "flow"):
         out_console.print(result.summary[stage], highlight=False, soft_wrap=True)
 
 

@@ -1,11 +1,13 @@
 """`gristmill demo`: run the pipeline on the bundled demo corpus, on CPU, end to end.
 
-Stages: ingest + info, embed (the packaged all-MiniLM-L6-v2, ~2.5 min for the 5,014
-documents on 2 CPU cores), cluster (spherical FAISS k-means, k auto), then select: SemDeDup at
-eps 0.05 and concept-complexity pruning (DBP) of what it kept down to half; then train a
-byte-level BPE (8,192 tokens) on the corpus, tokenize the DBP selection, and stream one epoch of
-packed 2,048-token rows with end-of-training upsampling of `math` over the last 20 % of tokens
-(stats and a domain-mix plot in `stream/`). Re-running reuses outputs that are up to date.
+It runs the demo recipe (`DEMO_RECIPE`) through the Prefect `curate` flow, outputs under
+`out/demo/`: ingest (corpus/), embed with the packaged all-MiniLM-L6-v2 (embeddings/, ~2.5 min
+for the 5,014 documents on 2 CPU cores), cluster (spherical FAISS k-means, k auto), SemDeDup at
+eps 0.05 (selections/01-semdedup) and concept-complexity pruning (DBP) of what it kept down to
+half (selections/02-dbp), a byte-level BPE of 8,192 tokens trained on the corpus (tokenizer/)
+and the DBP selection tokenized (tokens/). Then it streams one epoch of packed 2,048-token rows
+with end-of-training upsampling of `math` over the last 20 % of tokens (stats and a domain-mix
+plot in `stream/`). Re-running hits the flow's cache: nothing up to date is redone.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from gristmill.embed import embed_store
 from gristmill.errors import InputError
-from gristmill.packing import tokenize_store, train_tokenizer
 from gristmill.plots import plot_domain_mix
 from gristmill.samplers import GristmillStream, Schedule
-from gristmill.selectors.clustering import cluster_embeddings
-from gristmill.selectors.run import run_selection
-from gristmill.storage import atomic_directory, ingest, summarize
+from gristmill.storage import atomic_directory, summarize
+from gristmill.storage.clusters import ClusterStore
+from gristmill.storage.corpus import CorpusStore
+from gristmill.storage.embeddings import EmbeddingStore
 from gristmill.storage.schema import write_json
+from gristmill.storage.selection import read_selection
 from gristmill.storage.tokens import TokenStore
 
 DEMO_DOMAINS = ("python_docs", "python_code", "speeches", "math", "code_tasks", "dialogue")
@@ -57,82 +59,81 @@ class DemoResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+DEMO_RECIPE: dict[str, Any] = {
+    "name": "demo",
+    "k": "auto",
+    "selectors": [{"method": "semdedup", "eps": 0.05}, {"method": "dbp", "budget": 0.5}],
+    "tokenizer": {"vocab_size": 8192},
+}
+
+
+def demo_recipe(out: Path) -> dict[str, Any]:
+    """The demo as a curate recipe over the bundled corpus, writing under `out`."""
+    return {**DEMO_RECIPE, "inputs": [str(demo_corpus_path())], "output": str(out)}
+
+
 def run_demo(out: str | Path = "out/demo", *, progress: bool = True) -> DemoResult:
-    """Ingest the demo corpus into `out/corpus`, summarize it, embed it into `out/embeddings`.
+    """Run the demo recipe through the Prefect `curate` flow, then stream one epoch.
 
     Example:
         >>> result = run_demo("out/demo")          # doctest: +SKIP
         >>> result.outputs["corpus"]               # doctest: +SKIP
         PosixPath('out/demo/corpus')
     """
-    out = Path(out)
+    from gristmill.flows.recipe import load_recipe
+    from gristmill.flows.run import run_curate
+
+    out = Path(out).resolve()
     result = DemoResult()
-    before = _mtime(out / "corpus" / "manifest.json")
-    corpus = ingest(
-        sorted(demo_corpus_path().glob("*.parquet")), out / "corpus",
-        domain_field="domain", id_field="id", progress=progress, reuse=True,
-    )
-    result.outputs["corpus"] = corpus.path
-    result.status["corpus"] = "up to date" if _mtime(corpus.path / "manifest.json") == before \
-        else "written"
+    flow = run_curate(load_recipe(data=demo_recipe(out)))
+    status = {o["task"]: "up to date" if o["outcome"] == "cached" else "written"
+              for o in flow["outcomes"]}
+    outputs = flow["outputs"]
+    names = {"corpus": "ingest", "embeddings": "embed", "clusters": "cluster"}
+    for stage, task in names.items():
+        result.outputs[stage] = Path(outputs[stage])
+        result.status[stage] = status[task]
+    corpus = CorpusStore.open(outputs["corpus"])
     result.summary["corpus"] = summarize(corpus)
-    embedded = embed_store(corpus.path, out / "embeddings", progress=progress)
-    result.outputs["embeddings"] = embedded.store.path
-    result.status["embeddings"] = embedded.status
-    result.summary["embeddings"] = embedded.summary()
-    _select(out, corpus.path, embedded.store.path, result, progress)
-    _stream(out, corpus.path, result, progress)
+    emb = EmbeddingStore.open(outputs["embeddings"])
+    result.summary["embeddings"] = (f"embeddings: {emb.manifest['embedded']:,} docs x "
+                                    f"{emb.dim} ({emb.manifest['model']})")
+    clusters = ClusterStore.open(outputs["clusters"])
+    result.summary["clusters"] = f"clusters: k={clusters.k}"
+    for label, path in outputs["selections"].items():
+        manifest = read_selection(path).manifest
+        result.outputs[label] = Path(path)
+        result.status[label] = status[f"select {label}"]
+        result.summary[label] = (f"{label}: kept {manifest['rows']:,} of "
+                                 f"{manifest['pool']['rows']:,} rows")
+    result.outputs["tokenizer"] = out / "tokenizer"
+    result.status["tokenizer"] = status["tokenizer"]
+    tokens = TokenStore.open(outputs["tokens"])
+    result.outputs["tokens"] = tokens.path
+    result.status["tokens"] = status["tokenize"]
+    result.summary["tokens"] = (f"tokens: {tokens.num_docs:,} documents, "
+                                f"{tokens.num_tokens:,} tokens, vocab {tokens.vocab_size}")
+    result.summary["flow"] = f"curate flow tasks: {flow['ran']} ran, {flow['cached']} cached"
+    _stream(out, tokens, result)
     return result
 
 
-def _select(out: Path, corpus: Path, embeddings: Path, result: DemoResult,
-            progress: bool) -> None:
-    """Cluster, then SemDeDup (eps 0.05), then DBP over what SemDeDup kept (half of it)."""
-    clustered = cluster_embeddings(embeddings, out / "clusters", k="auto", progress=progress)
-    result.outputs["clusters"] = clustered.store.path
-    result.status["clusters"] = clustered.status
-    result.summary["clusters"] = clustered.summary()
-    steps = [("semdedup", None, None, {"eps": 0.05}), ("dbp", "0.5", out / "semdedup", {})]
-    for method, budget, pool, params in steps:
-        written = run_selection(method, corpus=corpus, embeddings=embeddings,
-                                clusters=clustered.store.path, pool=pool, budget=budget,
-                                out=out / method, params=params, reuse=True,
-                                progress=progress)
-        result.outputs[method] = written.path
-        result.status[method] = written.status
-        result.summary[method] = (f"{method}: kept {written.manifest['rows']:,} of "
-                                  f"{written.manifest['pool']['rows']:,} rows")
-
-
-def _stream(out: Path, corpus: Path, result: DemoResult, progress: bool) -> None:
-    """Tokenizer, token store of the DBP selection, and one streamed epoch with upsampling."""
-    before = _mtime(out / "tokenizer" / "tokenizer.json")
-    tokenizer = train_tokenizer(corpus, out / "tokenizer", vocab_size=8192, reuse=True,
-                                progress=progress)
-    result.outputs["tokenizer"] = tokenizer
-    result.status["tokenizer"] = "up to date" if _mtime(tokenizer / "tokenizer.json") == before \
-        else "written"
-    tokens = tokenize_store(corpus, out / "tokens", tokenizer=tokenizer, selection=out / "dbp",
-                            reuse=True, progress=progress)
-    result.outputs["tokens"] = tokens.store.path
-    result.status["tokens"] = tokens.status
-    result.summary["tokens"] = (f"tokens: {tokens.store.num_docs:,} documents, "
-                                f"{tokens.store.num_tokens:,} tokens, "
-                                f"vocab {tokens.store.vocab_size}")
+def _stream(out: Path, tokens: TokenStore, result: DemoResult) -> None:
+    """One streamed epoch with upsampling: stats.json and domain_mix.png in `out/stream`."""
     stats_dir = out / "stream"
     stats_file = stats_dir / "stats.json"
     if stats_file.is_file():
         saved = json.loads(stats_file.read_text())
-        if saved.get("tokens_fingerprint") == tokens.store.fingerprint:
+        if saved.get("tokens_fingerprint") == tokens.fingerprint:
             result.outputs["stream"], result.status["stream"] = stats_dir, "up to date"
             result.summary["stream"] = saved["summary"]
             return
-    stats = stream_epoch(tokens.store.path)
+    stats = stream_epoch(tokens.path)
     with atomic_directory(stats_dir, overwrite=True) as tmp:
         plot_domain_mix(np.array(stats.pop("_tokens")), stats.pop("_shares"),
                         tmp / "domain_mix.png", switch=stats["schedule_switch_tokens"],
                         title="demo stream: natural mix, then math upsampled (last 20 %)")
-        stats["tokens_fingerprint"] = tokens.store.fingerprint
+        stats["tokens_fingerprint"] = tokens.fingerprint
         write_json(tmp / "stats.json", stats)
     result.outputs["stream"], result.status["stream"] = stats_dir, "written"
     result.summary["stream"] = stats["summary"]
@@ -179,7 +180,3 @@ def stream_epoch(tokens: Path, *, seq_len: int = 2048, rows: int = 8,
             "seq_len": seq_len, "micro_batch_rows": rows, "tokens_by_domain": per_domain,
             "schedule_switch_tokens": schedule.switch_tokens, "schedule": schedule.describe(),
             "stream_stats": stream.stats(), "_tokens": xs, "_shares": shares}
-
-
-def _mtime(path: Path) -> int | None:
-    return path.stat().st_mtime_ns if path.exists() else None

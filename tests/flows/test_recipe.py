@@ -64,3 +64,12 @@ def test_bad_override_and_missing_file(tmp_path):
                     overrides=["selectors.3.budget=1"])
     with pytest.raises(ConfigError, match="no such recipe file"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+def test_a_missing_input_fails_before_any_flow_runs(tmp_path):
+    from gristmill.errors import InputError
+    from gristmill.flows.run import run_curate
+
+    recipe = load_recipe(data={"inputs": [str(tmp_path / "nowhere")], "output": "o"})
+    with pytest.raises(InputError, match="nowhere does not exist"):
+        run_curate(recipe)

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from gristmill.errors import ConfigError, MissingDependencyError
+from gristmill.errors import ConfigError, InputError, MissingDependencyError
 from gristmill.flows.recipe import Recipe
 
 RUNNERS = ("local", "ray")
@@ -44,8 +44,19 @@ def run_curate(recipe: Recipe, *, runner: str = "local") -> dict[str, Any]:
 
     if runner not in RUNNERS:
         raise ConfigError(f"--runner must be one of {RUNNERS}, got {runner!r}")
+    check_inputs(recipe)
     flow = curate if runner == "local" else curate.with_options(task_runner=ray_runner())
     return flow(recipe=recipe.model_dump(mode="json"), runner=runner)
+
+
+def check_inputs(recipe: Recipe) -> None:
+    """Every input path (or glob) exists, before any flow starts."""
+    import glob
+
+    for spec in recipe.inputs:
+        if not glob.glob(spec) and not os.path.exists(spec):
+            raise InputError(f"recipe input {spec} does not exist; fix `inputs:` or pass "
+                             f"--set inputs=[PATH,...]")
 
 
 def check_server() -> str:
