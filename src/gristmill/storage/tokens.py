@@ -84,7 +84,8 @@ class TokenDomain:
     def offsets(self) -> np.ndarray:
         """(num_docs + 1,) int64 document offsets into `tokens`."""
         if self._offsets is None:
-            self._offsets = np.load(self.path / OFFSETS_FILE, mmap_mode="r")
+            # Plain ndarray view of the map (np.memmap's per-index overhead is slow here).
+            self._offsets = np.asarray(np.load(self.path / OFFSETS_FILE, mmap_mode="r"))
         return self._offsets
 
     @property
