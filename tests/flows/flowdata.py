@@ -7,6 +7,7 @@ from pathlib import Path
 
 def small_recipe(corpus: Path, output: Path, **extra) -> dict:
     data = {"name": "small", "inputs": [str(corpus)], "output": str(output), "k": 6,
+            "cluster_groups": 2,
             "selectors": [{"method": "semdedup", "eps": 0.05},
                           {"method": "dbp", "budget": 0.5}],
             "tokenizer": {"vocab_size": 300}}

@@ -36,7 +36,8 @@ def test_curate_runs_then_hits_the_cache_then_redoes_what_is_gone(small_corpus, 
                                            ingest={"rows_per_shard": 60}))
     first = run_curate(recipe)
     tasks = ["ingest", "embed shard 0", "embed shard 1", "embed shard 2", "embed", "cluster",
-             "select semdedup", "select dbp", "tokenizer", "tokenize"]
+             "select semdedup group 0", "select semdedup group 1", "select semdedup",
+             "select dbp", "tokenizer", "tokenize"]
     assert outcomes(first) == dict.fromkeys(tasks, "ran")
     out = tmp_path / "out"
     dedup = read_selection(out / "selections" / "01-semdedup")
@@ -44,7 +45,7 @@ def test_curate_runs_then_hits_the_cache_then_redoes_what_is_gone(small_corpus, 
     assert len(pruned.rows) == int(0.5 * len(dedup.rows) + 0.5)  # half rounds up
     tokens = TokenStore.open(out / "tokens")
     assert tokens.num_docs == len(pruned.rows)
-    assert first["ran"] == 10 and first["cached"] == 0
+    assert first["ran"] == 12 and first["cached"] == 0
     assert len(EmbeddingStore.open(out / "embeddings").manifest["shards"]) == 3
 
     second = run_curate(recipe)
@@ -111,3 +112,24 @@ def test_a_bad_step_fails_without_retry_and_keeps_earlier_stores(small_corpus, t
     assert (out / "selections" / "01-semdedup" / "manifest.json").is_file()
     assert not (out / "selections" / "02-random").exists()
     assert not [p for p in (out / "selections").iterdir() if p.name.startswith(".")]
+
+
+def test_per_cluster_groups_give_the_single_task_selection(small_corpus, tmp_path):
+    """semdedup mapped over 3 cluster groups and merged == one semdedup over everything."""
+    import pyarrow.parquet as pq
+
+    from gristmill.selectors.run import run_selection
+
+    data = small_recipe(small_corpus, tmp_path / "out", cluster_groups=3,
+                        selectors=[{"method": "semdedup", "eps": 0.1}], tokenizer=None)
+    result = run_curate(load_recipe(data=data))
+    assert "select semdedup group 2" in outcomes(result)
+    out = tmp_path / "out"
+    single = run_selection("semdedup", corpus=out / "corpus", embeddings=out / "embeddings",
+                           clusters=out / "clusters", out=tmp_path / "single",
+                           params={"eps": 0.1})
+    mapped = out / "selections" / "01-semdedup"
+    for part in ("part-00000.parquet", "_dropped/part-00000.parquet"):
+        a = pq.read_table(single.path / part).to_pydict()
+        b = pq.read_table(mapped / part).to_pydict()
+        assert a == b, part

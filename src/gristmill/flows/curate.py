@@ -45,6 +45,32 @@ def _run(task: Any, out: str, **kwargs: Any) -> tuple[str, str]:
     return result, "cached" if state.name == "Cached" else "ran"
 
 
+def _per_cluster(method: str, label: str, target: Path, corpus: str, embeddings: str,
+                 clusters: str, pool: str | None, seed: int, params: dict[str, Any],
+                 groups: int, runner: str,
+                 outcomes: list[dict[str, str]]) -> tuple[str, int]:
+    """Map a per-cluster selector over cluster groups (CPU tasks), then merge them; returns
+    the selection and the number of group tasks."""
+    refresh = tasks.output_missing(target)
+    split = tasks.cluster_groups(corpus, embeddings, clusters, pool, groups)
+    with _resources(runner, gpu=False):
+        futures = [tasks.select_group_task.with_options(refresh_cache=refresh).submit(
+            method=method, corpus=corpus, embeddings=embeddings, clusters=clusters, pool=pool,
+            group=group, seed=seed, params=params) for group in split]
+    parts = []
+    for i, future in enumerate(futures):
+        future.wait()
+        state = future.state
+        parts.append(state.result())
+        outcomes.append({"task": f"select {label} group {i}", "output": str(target),
+                         "outcome": "cached" if state.name == "Cached" else "ran"})
+    result, how = _run(tasks.merge_groups_task, str(target), method=method, corpus=corpus,
+                       embeddings=embeddings, clusters=clusters, pool=pool, seed=seed,
+                       params=params, parts=parts)
+    outcomes.append({"task": f"select {label}", "outcome": how, "output": result})
+    return result, len(split)
+
+
 def _resources(runner: str, *, gpu: bool) -> Any:
     """Ray resource requests for the tasks submitted inside (a no-op for the local runner)."""
     from contextlib import nullcontext
@@ -120,10 +146,20 @@ def curate(recipe: dict[str, Any], runner: str = "local") -> dict[str, Any]:
     pool: str | None = None
     selections: list[tuple[str, str]] = []
     for s, folder in zip(r.selectors, r.step_dirs(), strict=True):
-        pool = step(f"select {s.label}", tasks.select_task, out / "selections" / folder,
-                    method=s.method, corpus=corpus, embeddings=embeddings, clusters=clusters,
-                    pool=pool, budget=None if s.budget is None else str(s.budget),
-                    seed=r.seed if s.seed is None else s.seed, params=s.params)
+        seed = r.seed if s.seed is None else s.seed
+        target = out / "selections" / folder
+        if s.method in tasks.PER_CLUSTER and s.budget is None and r.cluster_groups > 1 \
+                and "keep_fraction" not in s.params:
+            pool, groups = _per_cluster(s.method, s.label, target, corpus, embeddings,
+                                        clusters, pool, seed, s.params, r.cluster_groups,
+                                        runner, outcomes)
+            total += groups
+            update_progress_artifact(progress, progress=100.0 * len(outcomes) / total)
+        else:
+            pool = step(f"select {s.label}", tasks.select_task, target, method=s.method,
+                        corpus=corpus, embeddings=embeddings, clusters=clusters, pool=pool,
+                        budget=None if s.budget is None else str(s.budget), seed=seed,
+                        params=s.params)
         selections.append((s.label, pool))
     tokens = None
     if r.tokenizer is not None:

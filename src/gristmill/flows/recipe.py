@@ -17,11 +17,12 @@ tokenizer:                     # train a byte-level BPE inside the flow ...
 Optional keys: `ingest` (text_field, domain_field, id_field, domain, skip_bad_records,
 rows_per_shard: embedding runs one mapped task per shard),
 `embed` (batch_tokens, device, dtype, pooling, max_tokens), `cluster` (spherical, niter,
-sample_per_centroid, device), `seed`, `name`. Unknown keys are refused with their path
-(`selectors[1].epz`), and so is a selector parameter its method does not take, before any
-work starts. `--set dotted.key=value` overrides any key; values parse as YAML
-(`--set inputs=[a,b]`, `--set selectors.1.budget=0.3`). Relative paths resolve against the
-current directory.
+sample_per_centroid, device), `seed`, `name`, `cluster_groups` (default 4: semdedup by
+threshold runs as that many mapped tasks over groups of clusters, then one merge task).
+Unknown keys are refused with their path (`selectors[1].epz`), and so is a selector
+parameter its method does not take, before any work starts. `--set dotted.key=value`
+overrides any key; values parse as YAML (`--set inputs=[a,b]`, `--set selectors.1.budget=0.3`).
+Relative paths resolve against the current directory.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class Recipe(_Strict):
     model: str | None = None
     k: str | int = "auto"
     seed: int = 0
+    #: Per-cluster selectors (semdedup by threshold) run as this many mapped tasks; 1: one.
+    cluster_groups: int = Field(4, ge=1)
     ingest: IngestOptions = IngestOptions()
     embed: EmbedOptions = EmbedOptions()
     cluster: ClusterOptions = ClusterOptions()

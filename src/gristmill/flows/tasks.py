@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import task
 from prefect.tasks import exponential_backoff
 
@@ -209,6 +210,88 @@ def select_task(method: str, corpus: str, embeddings: str, clusters: str | None,
                              overwrite=overwrite, reuse=reuse)
 
     return str(reusing(run, Path(out), reuse=True).path)
+
+
+#: Selectors whose work is independent per cluster (pairwise within a cluster): the curate
+#: flow maps them over cluster groups, one task each, when they run by threshold (no budget).
+PER_CLUSTER = {"semdedup"}
+
+
+def cluster_groups(corpus: str, embeddings: str, clusters: str, pool: str | None,
+                   groups: int) -> list[list[int]]:
+    """Split the pool's clusters into at most `groups` groups of similar row counts."""
+    from gristmill.selectors.pool import load_pool
+
+    labels = load_pool(corpus, embeddings, clusters=clusters, pool=pool).labels
+    assert labels is not None
+    ids, sizes = np.unique(labels[labels >= 0], return_counts=True)
+    bins: list[list[int]] = [[] for _ in range(max(1, min(groups, ids.size)))]
+    load = np.zeros(len(bins), dtype=np.int64)
+    for cid, size in sorted(zip(ids.tolist(), sizes.tolist(), strict=True),
+                            key=lambda x: (-x[1], x[0])):
+        b = int(np.argmin(load))
+        bins[b].append(int(cid))
+        load[b] += size
+    return [sorted(b) for b in bins if b]
+
+
+@_task("select-group")
+def select_group_task(method: str, corpus: str, embeddings: str, clusters: str,
+                      pool: str | None, group: list[int], seed: int,
+                      params: dict[str, Any]) -> dict[str, Any]:
+    """Run a per-cluster selector on the pool rows of some clusters (mapped over groups).
+
+    Returns global corpus rows kept, and score / related row for each row of the group."""
+    import dataclasses
+
+    from gristmill.selectors import select
+    from gristmill.selectors.pool import load_pool
+
+    full = load_pool(corpus, embeddings, clusters=clusters, pool=pool)
+    assert full.labels is not None
+    positions = np.flatnonzero(np.isin(full.labels, np.asarray(group, dtype=np.int32)))
+    sub = dataclasses.replace(
+        full, rows=full.rows[positions], labels=full.labels[positions],
+        dist=None if full.dist is None else full.dist[positions],
+        domains=None if full.domains is None else full.domains[positions], source=None)
+    result = select(method, sub, None, seed=seed, **params)
+    related = result.related
+    return {"rows": sub.rows.tolist(), "selected": sub.rows[result.selected].tolist(),
+            "scores": result.scores.tolist(), "reason": result.reason,
+            "related": None if related is None else [
+                int(sub.rows[r]) if r >= 0 else -1 for r in related.tolist()],
+            "params": result.params}
+
+
+@_task("select-merge")
+def merge_groups_task(method: str, corpus: str, embeddings: str, clusters: str,
+                      pool: str | None, out: str, seed: int, params: dict[str, Any],
+                      parts: list[dict[str, Any]]) -> str:
+    """Write the cluster groups' answers as one selection store, as a single run would."""
+    from gristmill.selectors.output import write_selection
+    from gristmill.selectors.pool import load_pool
+    from gristmill.selectors.result import SelectionResult
+
+    full = load_pool(corpus, embeddings, clusters=clusters, pool=pool)
+    index = {int(r): i for i, r in enumerate(full.rows.tolist())}
+    scores = np.full(full.size, np.nan, dtype=np.float32)
+    related = np.full(full.size, -1, dtype=np.int64)
+    kept: list[int] = []
+    for part in parts:
+        at = np.array([index[r] for r in part["rows"]], dtype=np.int64)
+        scores[at] = np.asarray(part["scores"], dtype=np.float32)
+        if part["related"] is not None:
+            related[at] = [index[r] if r >= 0 else -1 for r in part["related"]]
+        kept += [index[r] for r in part["selected"]]
+    result = SelectionResult(selected=np.unique(np.asarray(kept, dtype=np.int64)),
+                             scores=scores, reason=parts[0]["reason"] if parts else
+                             "near_duplicate", related=related,
+                             params={**(parts[0]["params"] if parts else {}),
+                                     "cluster_groups": len(parts)},
+                             stats={"cluster_groups": len(parts)})
+    written = write_selection(Path(out), full, result, method=method, budget=None, seed=seed,
+                              overwrite=Path(out).exists())
+    return str(written.path)
 
 
 @_task("tokenizer")
