@@ -87,6 +87,7 @@ def test_eval_batches_as_a_dict_or_a_callable(store, tiny_config):
     called = train(stream_of(store, seed=0), tiny_config, cfg, eval_batches=lambda: batches)
     assert plain.eval_loss == as_dict.eval_loss == called.eval_loss
     assert plain.summary()["eval_loss_web"] == plain.eval_loss_by_domain["web"]
+    assert evaluate(plain.model, batches) == pytest.approx(plain.eval_loss_by_domain)
     tokens = plain.eval_tokens_by_domain
     assert plain.eval_loss == pytest.approx(sum(
         plain.eval_loss_by_domain[d] * n for d, n in tokens.items()) / sum(tokens.values()))

@@ -73,7 +73,8 @@ class TrainResult:
         tokens_read: real tokens drawn from the stream (more than `tokens` with a filter).
         steps: optimizer steps; micro_batches: micro-batches back-propagated.
         wall_s: seconds the run took; stream_ended: the stream ran out before the budget.
-        state: model and optimizer, to evaluate further or resume.
+        state: model and optimizer, to evaluate further or resume (`model` is
+            `state.model`).
     """
 
     curves: list[dict[str, Any]]
@@ -88,6 +89,11 @@ class TrainResult:
     wall_s: float
     stream_ended: bool
     state: TrainState = field(repr=False)
+
+    @property
+    def model(self) -> ProxyLM:
+        """The trained model (`state.model`)."""
+        return self.state.model
 
     def summary(self) -> dict[str, Any]:
         """Scalar columns for a results table: tokens, steps, wall_s, eval_loss(_<domain>)."""
