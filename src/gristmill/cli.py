@@ -423,6 +423,80 @@ def demo(
         out_console.print(result.summary[stage], highlight=False, soft_wrap=True)
 
 
+@app.command()
+@_friendly
+def ablate(
+    corpus: Annotated[str | None, typer.Option("--corpus", help="The corpus store.")] = None,
+    embeddings: Annotated[str | None, typer.Option("--embeddings", help="Its embeddings.")]
+    = None,
+    clusters: Annotated[str | None, typer.Option("--clusters", help="Cluster store (semdedup, "
+                                                 "dbp, kmq, ssp need one).")] = None,
+    selectors: Annotated[str | None, typer.Option("--selectors", help="Comma-separated, e.g. "
+                                                  "random,semdedup,dbp,kmq,kcenter,"
+                                                  "facility-location,colm,hard-batch.")]
+    = None,
+    budgets: Annotated[str | None, typer.Option("--budgets", help="Fractions of the training "
+                                                "pool in (0, 1], e.g. 0.1,0.3,1.0.")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="e.g. 0,1,2.")] = None,
+    tokens: Annotated[str | None, typer.Option("--tokens", help="Training tokens per cell: an "
+                                               "integer with an optional k/M/B suffix.")]
+    = None,
+    out: Annotated[str | None, typer.Option("--out", help="Output directory (re-runs resume "
+                                            "it).")] = None,
+    tokenizer: Annotated[str | None, typer.Option("--tokenizer", help="A tokenizer directory; "
+                                                  "default: train a byte-level BPE on the "
+                                                  "training pool.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="An ablation YAML (keys: "
+                                                "AblationConfig fields); flags override it.")]
+    = None,
+    demo: Annotated[bool, typer.Option("--demo", help="The demo ablation on gristmill demo's "
+                                       "outputs (runs the demo first if they are missing).")]
+    = False,
+    upsample: Annotated[str | None, typer.Option("--upsample", help="Also compare a constant "
+                                                 "mix with end-of-training upsampling of this "
+                                                 "domain.")] = None,
+    adaptive_batch: Annotated[bool | None, typer.Option("--adaptive-batch", help="Also compare "
+                                                        "fixed with adaptive (norm-test) "
+                                                        "batch size.")] = None,
+    target_loss: Annotated[float | None, typer.Option("--target-loss", help="Loss for the "
+                                                      "adaptive-batch comparison.")] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Packed row length.")]
+    = None,
+    micro_batch_rows: Annotated[int | None, typer.Option("--micro-batch-rows",
+                                                         help="Rows per micro-batch.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for training.")]
+    = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of "
+                                            "resuming.")] = False,
+) -> None:
+    """Train a proxy model on each selection and compare held-out loss (table + plot)."""
+    from gristmill.train.ablate import (
+        AblationConfig,
+        demo_ablation_config,
+        load_ablation_config,
+        run_ablation,
+    )
+
+    flags = {"corpus": corpus, "embeddings": embeddings, "clusters": clusters,
+             "selectors": selectors, "budgets": budgets, "seeds": seeds, "tokens": tokens,
+             "out": out, "tokenizer": tokenizer, "upsample": upsample,
+             "adaptive_batch": adaptive_batch, "target_loss": target_loss, "seq_len": seq_len,
+             "micro_batch_rows": micro_batch_rows, "device": device, "cpu_threads": threads}
+    if demo:
+        _prefect_env()
+        cfg = demo_ablation_config(**flags)
+    elif config is not None:
+        cfg = load_ablation_config(config, **flags)
+    else:
+        cfg = AblationConfig.from_mapping({}, **flags)
+    result = run_ablation(cfg, progress=sys.stderr.isatty(), overwrite=overwrite)
+    out_console.print((result.out / "results.md").read_text(), highlight=False,
+                      soft_wrap=True, markup=False)
+    out_console.print(f"{len(result.ran)} cells ran, {len(result.skipped)} resumed, "
+                      f"{result.seconds:.0f} s -> {result.out}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

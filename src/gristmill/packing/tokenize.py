@@ -42,14 +42,19 @@ EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
 PAD_CANDIDATES = ("<|pad|>", "<pad>", "[PAD]")
 
 
-def _iter_texts(corpus: CorpusStore) -> Iterator[list[str]]:
-    for _, _, table in corpus.iter_batches(columns=["text"]):
+def _iter_texts(corpus: CorpusStore, rows: np.ndarray | None = None) -> Iterator[list[str]]:
+    for _, first, table in corpus.iter_batches(columns=["text"]):
+        if rows is not None:
+            lo, hi = np.searchsorted(rows, [first, first + table.num_rows])
+            if lo == hi:
+                continue
+            table = table.take(pa.array(rows[lo:hi] - first))
         yield table.column("text").to_pylist()
 
 
 def train_tokenizer(corpus: str | Path, out: str | Path, *, vocab_size: int = 8192,
                     min_frequency: int = 2, overwrite: bool = False, reuse: bool = False,
-                    progress: bool = False) -> Path:
+                    progress: bool = False, rows: np.ndarray | None = None) -> Path:
     """Train a byte-level BPE on a corpus store's texts and save it under `out`.
 
     Args:
@@ -58,6 +63,8 @@ def train_tokenizer(corpus: str | Path, out: str | Path, *, vocab_size: int = 81
         vocab_size: target vocabulary including the 256 byte tokens and 2 special tokens.
         min_frequency: merges need at least this many occurrences.
         reuse: return an existing `out` trained on the same corpus with the same settings.
+        rows: train on these corpus rows only (e.g. an ablation's training pool, so held-out
+            documents never shape the vocabulary); None trains on every row.
 
     Returns:
         `out`. Deterministic: the same corpus and settings give the same tokenizer.json.
@@ -73,7 +80,15 @@ def train_tokenizer(corpus: str | Path, out: str | Path, *, vocab_size: int = 81
     if store.num_rows == 0:
         raise InputError(f"{store.path}: corpus is empty; ingest some documents first")
     out = Path(out)
-    params = {"vocab_size": int(vocab_size), "min_frequency": int(min_frequency)}
+    params: dict[str, Any] = {"vocab_size": int(vocab_size), "min_frequency": int(min_frequency)}
+    count = store.num_rows
+    if rows is not None:
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if rows.size == 0 or rows[0] < 0 or rows[-1] >= store.num_rows:
+            raise InputError(f"`rows` must be non-empty and within the corpus's "
+                             f"{store.num_rows} rows")
+        params["rows_sha"] = hashlib.sha256(rows.tobytes()).hexdigest()[:16]
+        count = int(rows.size)
     if reuse and not overwrite and (out / META_FILE).is_file():
         saved = json.loads((out / META_FILE).read_text())
         if (saved.get("trained_on", {}).get("fingerprint") == store.fingerprint
@@ -88,7 +103,7 @@ def train_tokenizer(corpus: str | Path, out: str | Path, *, vocab_size: int = 81
         vocab_size=int(vocab_size), min_frequency=int(min_frequency),
         special_tokens=[EOS_TOKEN, PAD_TOKEN], show_progress=progress,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_iter_texts(store), trainer=trainer, length=store.num_rows)
+    tok.train_from_iterator(_iter_texts(store, rows), trainer=trainer, length=count)
     with atomic_directory(out, overwrite=overwrite) as tmp:
         tok.save(str(tmp / TOKENIZER_FILE))
         meta = {
@@ -99,13 +114,13 @@ def train_tokenizer(corpus: str | Path, out: str | Path, *, vocab_size: int = 81
             "pad_token": PAD_TOKEN, "pad_id": tok.token_to_id(PAD_TOKEN),
             "fingerprint": _file_fingerprint(tmp / TOKENIZER_FILE),
             "trained_on": {"corpus": str(store.path), "fingerprint": store.fingerprint,
-                           "rows": store.num_rows},
+                           "rows": count},
             "params": params,
             "created": now_iso(),
         }
         write_json(tmp / META_FILE, meta)
     log.info("trained a %d-token byte-level BPE on %d documents in %.1f s",
-             meta["vocab_size"], store.num_rows, time.perf_counter() - started)
+             meta["vocab_size"], count, time.perf_counter() - started)
     return out
 
 

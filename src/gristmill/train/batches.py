@@ -94,5 +94,6 @@ def fit_budget(batches: list[dict[str, Any]], budget: int) -> list[dict[str, Any
 def row_chunks(batch: dict[str, Any], chunks: int) -> list[dict[str, Any]]:
     """Split the four tensors into up to `chunks` groups of rows (for gradient statistics)."""
     rows = batch["input_ids"].shape[0]
-    parts = [torch.tensor_split(batch[k], min(chunks, rows)) for k in TENSOR_KEYS]
-    return [dict(zip(TENSOR_KEYS, group, strict=True)) for group in zip(*parts, strict=True)]
+    keys = TENSOR_KEYS + (("loss_weights",) if "loss_weights" in batch else ())
+    parts = [torch.tensor_split(batch[k], min(chunks, rows)) for k in keys]
+    return [dict(zip(keys, group, strict=True)) for group in zip(*parts, strict=True)]

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from gristmill.train.batches import row_chunks
-from gristmill.train.model import label_count
+from gristmill.train.model import label_count, token_losses
 
 
 @dataclass
@@ -71,7 +71,9 @@ def accumulate(model: nn.Module, batches: list[dict[str, Any]], *,
 
     Args:
         model: a `ProxyLM` (or any module with its forward), in training mode.
-        batches: micro-batches on the model's device.
+        batches: micro-batches on the model's device; one with `loss_weights` ([R, L], e.g.
+            a weighted CoLM coreset) back-propagates the token losses times those weights
+            (the logged loss stays unweighted).
         autocast: context for the forward passes (bf16 autocast on GPU, else a null context).
         grad_chunks: when given, back-propagate each micro-batch in this many row chunks and
             return their gradient statistics.
@@ -90,7 +92,13 @@ def accumulate(model: nn.Module, batches: list[dict[str, Any]], *,
             with autocast:
                 out = model(part["input_ids"], part["position_ids"], part["segment_ids"],
                             labels=part["labels"])
-            (out.loss_sum / denom).backward()
+            weights = part.get("loss_weights")
+            if weights is None:
+                (out.loss_sum / denom).backward()
+            else:  # a weighted coreset (CoLM, weighted=True): CRAIG weights per token
+                weighted = (token_losses(out.logits, part["labels"]).float()
+                            * weights.to(out.logits.device)).sum()
+                (weighted / denom).backward()
             losses.append(out.loss_sum.detach())
             if probe is not None:
                 probe.record()

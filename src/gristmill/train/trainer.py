@@ -185,6 +185,9 @@ class _Loop:
         self.it: Iterator[dict[str, Any]] = iter(stream)
         self.cfg, self.state, self.device = cfg, state, device
         self.controller, self.filter, self.log_every = controller, batch_filter, log_every
+        attach = getattr(batch_filter, "attach", None)
+        if callable(attach):  # CoLM reads the optimizer's Adam moments for its features
+            attach(state.optimizer)
         bf16 = device.type == "cuda" and cfg.bf16
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else (
             contextlib.nullcontext)
