@@ -252,9 +252,10 @@ def run_ablation(config: AblationConfig, *, progress: bool = True,
         raise ConfigError(f"--upsample {config.upsample!r} is not a domain of the corpus "
                           f"({', '.join(names)})")
     tokenizer_spec = config.tokenizer
-    if tokenizer_spec is not None:
-        load_tokenizer_spec(tokenizer_spec)  # refuse a bad tokenizer before writing anything
-    setup = _setup(config, pool, eval_pos)
+    tokenizer_fp = None
+    if tokenizer_spec is not None:  # refuse a bad tokenizer before writing anything
+        tokenizer_fp = load_tokenizer_spec(tokenizer_spec)[1]["fingerprint"]
+    setup = _setup(config, pool, eval_pos, tokenizer_fp)
     _claim(out, setup, overwrite)
     work = out / "_work"
     if tokenizer_spec is None:
@@ -356,11 +357,9 @@ def _manifest_sha(path: str | None) -> str | None:
     return file_sha256(Path(path) / "manifest.json")[:16]
 
 
-def _setup(config: AblationConfig, pool: Any, eval_pos: np.ndarray) -> dict[str, Any]:
+def _setup(config: AblationConfig, pool: Any, eval_pos: np.ndarray,
+           tokenizer: str | None) -> dict[str, Any]:
     """What a cell's result depends on besides its own (selector, budget, seed, variant)."""
-    tokenizer = None
-    if config.tokenizer is not None:
-        tokenizer = load_tokenizer_spec(config.tokenizer)[1]["fingerprint"]
     fields = {
         "corpus": _manifest_sha(config.corpus), "embeddings": _manifest_sha(config.embeddings),
         "clusters": _manifest_sha(config.clusters), "tokenizer": tokenizer,

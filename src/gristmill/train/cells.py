@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from gristmill.errors import ConfigError, InputError
 from gristmill.samplers import GristmillStream, Schedule
@@ -50,13 +48,10 @@ from gristmill.train.trainer import TrainResult, TrainState, train
 
 log = logging.getLogger(__name__)
 
-#: Selectors that need training feedback or run inside the training loop.
-ONLINE = ("kmq", "colm", "hard-batch")
 #: Selectors that need inputs an ablation does not have (a target set).
 NEEDS_TARGET = ("rds", "dsir")
 ABLATION_SELECTORS = tuple(s for s in SELECTORS if s not in NEEDS_TARGET) + ("colm",
                                                                              "hard-batch")
-VARIANTS = ("base", "upsample", "adaptive")
 #: semdedup's eps in an ablation unless `selector_params.semdedup.eps` says otherwise (the
 #: demo recipe's; the paper's LAION runs span 0.03-0.26).
 SEMDEDUP_EPS = 0.05
@@ -327,10 +322,7 @@ def _run_kmq(cell: Cell, ws: Workspace, st: Settings,
     if pool.labels is None:
         raise ConfigError("kmq needs clusters: pass --clusters CL (gristmill cluster EMB "
                           "--k auto --out CL)")
-    want = budget_rows(cell.budget, pool.size)
-    if want < st.rounds:
-        raise ConfigError(f"kmq budget {cell.budget:g} keeps {want} documents, fewer than its "
-                          f"{st.rounds} rounds; raise the budget or lower kmq_rounds")
+    want = budget_rows(cell.budget, pool.size)  # >= rounds: checked by run_ablation
     params = st.selector_params.get("kmq", {})
     refiner = IterativeRefiner(pool.labels, want, rounds=st.rounds, seed=cell.seed,
                                tau=float(params.get("tau", 1.0)),
@@ -389,8 +381,3 @@ def _curves(cell: Cell, result: TrainResult) -> list[dict[str, Any]]:
                        "loss": e["eval_loss"], **extra})
     return points
 
-
-def write_rows_file(path: Path, rows: np.ndarray, ids: np.ndarray, domains: list[str]) -> None:
-    """A small parquet of (row, id, domain) for the record of a split."""
-    pq.write_table(pa.table({"row": pa.array(rows, pa.int64()), "id": pa.array(ids),
-                             "domain": pa.array(domains)}), path)

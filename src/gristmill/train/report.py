@@ -181,7 +181,8 @@ def plot(rows: Sequence[dict[str, Any]], curves: Sequence[dict[str, Any]], path:
     colours = {s: plt.cm.tab10(i % 10) for i, s in enumerate(selectors)}
     budgets = sorted({r["budget"] for r in rows if r["variant"] == "base"})
     styles = dict(zip(budgets, ["-", "--", ":", "-."] * 4, strict=False))
-    for (selector, budget), _ in groups(rows).items():
+    table = groups(rows)
+    for selector, budget in table:
         points: dict[int, list[float]] = {}
         for p in curves:
             if (p["kind"] == "eval" and p["variant"] == "base" and p["selector"] == selector
@@ -196,7 +197,7 @@ def plot(rows: Sequence[dict[str, Any]], curves: Sequence[dict[str, Any]], path:
     left.set_title("held-out loss vs tokens (mean over seeds)")
     left.legend(fontsize=7, ncol=2)
     for selector in selectors:
-        stats = [(b, *_stats([r["eval_loss"] for r in groups(rows).get((selector, b), [])]))
+        stats = [(b, *_stats([r["eval_loss"] for r in table.get((selector, b), [])]))
                  for b in budgets]
         stats = [s for s in stats if not math.isnan(s[1])]
         if stats:
